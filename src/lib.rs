@@ -1,0 +1,12 @@
+//! crane-operator: the ReplicationController of "Kubernetes in Action" as a CraneReplicaSet.
+//!
+//! The decisions live in pure modules (`planner`, `deletion_order`, `expectations`,
+//! `status`, `service`); `controller` runs them against the API server.
+
+pub mod api;
+pub mod deletion_order;
+pub mod expectations;
+pub mod planner;
+pub mod pods;
+pub mod service;
+pub mod status;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", crane_operator::api::crd_yaml());
+}

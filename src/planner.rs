@@ -1,0 +1,323 @@
+//! The functional core: what one reconcile pass must do to the pods of a CraneReplicaSet.
+//!
+//! `plan` reads the desired state, the pods in the namespace and whether earlier writes
+//! have been observed, and returns the writes to make. It has no client and no clock, so
+//! the whole decision is covered by table and property tests.
+
+use kube::core::{Selector, SelectorExt};
+
+use crate::deletion_order::pods_to_delete;
+use crate::pods::{Controller, PodFacts};
+
+/// At most this many pods are created or deleted in one pass, as kube-controller-manager's
+/// `BurstReplicas`: a large scale-up proceeds over several passes instead of one flood.
+pub const BURST_REPLICAS: usize = 500;
+
+/// What the planner needs of the CraneReplicaSet.
+#[derive(Clone, Debug)]
+pub struct Desired<'a> {
+    pub uid: &'a str,
+    pub replicas: i32,
+    pub selector: &'a Selector,
+    /// The CraneReplicaSet is being deleted: adopt nothing, scale nothing.
+    pub deleting: bool,
+}
+
+/// The writes of one pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Orphans that match the selector: add our controller reference.
+    pub adopt: Vec<PodFacts>,
+    /// Our pods whose labels no longer match: remove our controller reference.
+    pub release: Vec<PodFacts>,
+    /// How many pods to create.
+    pub create: usize,
+    /// Which pods to delete, in order.
+    pub delete: Vec<PodFacts>,
+    /// Active pods counted after adoption and release (before creations and deletions).
+    pub active: usize,
+}
+
+/// How a CraneReplicaSet relates to one pod in its namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours and matching: counted.
+    Owned,
+    /// An orphan that matches: adopted, then counted.
+    Adopt,
+    /// Ours but no longer matching: released, not counted.
+    Release,
+    /// Not ours to touch.
+    Ignore,
+}
+
+/// The claim rules of kube-controller-manager's `PodControllerRefManager`.
+pub fn claim(desired: &Desired<'_>, pod: &PodFacts) -> Claim {
+    let matches = desired.selector.matches(&pod.labels);
+    match &pod.controller {
+        Controller::Uid(uid) if uid == desired.uid => match (matches, desired.deleting) {
+            (true, _) => Claim::Owned,
+            (false, false) => Claim::Release,
+            (false, true) => Claim::Ignore,
+        },
+        Controller::None if matches && !desired.deleting && !pod.terminating => Claim::Adopt,
+        _ => Claim::Ignore,
+    }
+}
+
+/// The pods a CraneReplicaSet counts after this pass's adoptions and releases.
+pub fn claimed<'p>(
+    desired: &Desired<'_>,
+    pods: &'p [PodFacts],
+) -> impl Iterator<Item = &'p PodFacts> {
+    pods.iter()
+        .filter(|p| matches!(claim(desired, p), Claim::Owned | Claim::Adopt))
+}
+
+/// Plans one pass. `expectations_satisfied` is false while earlier creations or deletions
+/// are not yet visible in `pods`; then only adoption and release are planned.
+pub fn plan(desired: &Desired<'_>, pods: &[PodFacts], expectations_satisfied: bool) -> Plan {
+    let mut plan = Plan::default();
+    for pod in pods {
+        match claim(desired, pod) {
+            Claim::Adopt => plan.adopt.push(pod.clone()),
+            Claim::Release => plan.release.push(pod.clone()),
+            Claim::Owned | Claim::Ignore => {}
+        }
+    }
+    let active: Vec<&PodFacts> = claimed(desired, pods).filter(|p| p.is_active()).collect();
+    plan.active = active.len();
+    if !expectations_satisfied || desired.deleting {
+        return plan;
+    }
+    let want = usize::try_from(desired.replicas).unwrap_or(0);
+    if active.len() < want {
+        plan.create = (want - active.len()).min(BURST_REPLICAS);
+    } else if active.len() > want {
+        plan.delete = pods_to_delete(&active, (active.len() - want).min(BURST_REPLICAS));
+    }
+    plan
+}
+
+/// Sizes of the create batches for `n` pods: 1, 2, 4, ... so that a systematic failure
+/// (quota, admission) costs a handful of requests, not `n`.
+pub fn slow_start_batches(n: usize) -> Vec<usize> {
+    let mut batches = Vec::new();
+    let (mut size, mut left) = (1, n);
+    while left > 0 {
+        let batch = size.min(left);
+        batches.push(batch);
+        left -= batch;
+        size *= 2;
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::Phase;
+    use crate::pods::fixtures::{OURS, orphan, pod};
+    use std::collections::BTreeMap;
+
+    fn app_crane() -> Selector {
+        Selector::from_iter([("app", "crane")])
+    }
+
+    fn desired(replicas: i32, selector: &Selector) -> Desired<'_> {
+        Desired {
+            uid: OURS,
+            replicas,
+            selector,
+            deleting: false,
+        }
+    }
+
+    fn names(pods: &[PodFacts]) -> Vec<&str> {
+        pods.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn situations() {
+        let sel = app_crane();
+        let relabelled = PodFacts {
+            labels: BTreeMap::from([("app".into(), "debug".into())]),
+            ..pod("relabelled")
+        };
+        let theirs = PodFacts {
+            controller: Controller::Uid("other".into()),
+            ..pod("theirs")
+        };
+        let cases: Vec<(&str, i32, Vec<PodFacts>, Plan)> = vec![
+            (
+                "new CraneReplicaSet creates all replicas",
+                3,
+                vec![],
+                Plan {
+                    create: 3,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "one pod deleted: one replacement",
+                3,
+                vec![pod("a"), pod("b")],
+                Plan {
+                    create: 1,
+                    active: 2,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "steady state: nothing to do",
+                2,
+                vec![pod("a"), pod("b")],
+                Plan {
+                    active: 2,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "failed pod is replaced, not counted",
+                1,
+                vec![PodFacts {
+                    phase: Phase::Failed,
+                    ..pod("a")
+                }],
+                Plan {
+                    create: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "terminating pod is not counted",
+                1,
+                vec![PodFacts {
+                    terminating: true,
+                    ..pod("a")
+                }],
+                Plan {
+                    create: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "orphan with matching labels is adopted and counted",
+                1,
+                vec![orphan("o")],
+                Plan {
+                    adopt: vec![orphan("o")],
+                    active: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "relabelled pod is released and replaced",
+                1,
+                vec![relabelled.clone()],
+                Plan {
+                    release: vec![relabelled],
+                    create: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "another controller's pod is left alone",
+                1,
+                vec![theirs],
+                Plan {
+                    create: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "scale to zero deletes everything",
+                0,
+                vec![pod("a")],
+                Plan {
+                    delete: vec![pod("a")],
+                    active: 1,
+                    ..Plan::default()
+                },
+            ),
+            (
+                "a huge scale-up is capped per pass",
+                100_000,
+                vec![],
+                Plan {
+                    create: BURST_REPLICAS,
+                    ..Plan::default()
+                },
+            ),
+        ];
+        for (situation, replicas, pods, want) in cases {
+            assert_eq!(
+                plan(&desired(replicas, &sel), &pods, true),
+                want,
+                "{situation}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_created_or_deleted_while_expectations_are_pending() {
+        let sel = app_crane();
+        let p = plan(&desired(5, &sel), &[pod("a"), orphan("o")], false);
+        assert_eq!((p.create, p.delete.len(), p.adopt.len()), (0, 0, 1));
+        let p = plan(&desired(0, &sel), &[pod("a")], false);
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn a_deleting_replica_set_adopts_releases_and_scales_nothing() {
+        let sel = app_crane();
+        let d = Desired {
+            deleting: true,
+            ..desired(5, &sel)
+        };
+        let other = PodFacts {
+            labels: BTreeMap::new(),
+            ..pod("x")
+        };
+        assert_eq!(plan(&d, &[orphan("o"), other], true), Plan::default());
+    }
+
+    #[test]
+    fn orphans_being_deleted_are_not_adopted() {
+        let sel = app_crane();
+        let dying = PodFacts {
+            terminating: true,
+            ..orphan("o")
+        };
+        assert_eq!(plan(&desired(1, &sel), &[dying], true).adopt, vec![]);
+    }
+
+    #[test]
+    fn scale_down_deletes_the_cheapest_pods() {
+        let sel = app_crane();
+        let pods = vec![
+            pod("a"),
+            PodFacts {
+                deletion_cost: -10,
+                ..pod("cheap")
+            },
+            PodFacts {
+                ready_since: None,
+                ..pod("unready")
+            },
+        ];
+        assert_eq!(
+            names(&plan(&desired(1, &sel), &pods, true).delete),
+            ["unready", "cheap"]
+        );
+    }
+
+    #[test]
+    fn slow_start_doubles_until_done() {
+        assert_eq!(slow_start_batches(0), Vec::<usize>::new());
+        assert_eq!(slow_start_batches(1), [1]);
+        assert_eq!(slow_start_batches(10), [1, 2, 4, 3]);
+        assert_eq!(slow_start_batches(500).iter().sum::<usize>(), 500);
+        assert_eq!(slow_start_batches(500).len(), 9);
+    }
+}

@@ -1,0 +1,218 @@
+//! The status a CraneReplicaSet reports, computed from what the controller observed.
+//!
+//! Pure, so that "a steady state writes nothing" comes down to this function returning
+//! the same value twice, which the tests check.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::ReplicaSetCondition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::Selector;
+
+use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
+use crate::pods::PodFacts;
+
+/// The condition type that reports failed creations and deletions, as on ReplicaSets.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+
+/// Why the last pass could not create or delete the pods it wanted to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// `FailedCreate` or `FailedDelete`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The observations a status is computed from.
+pub struct Observed<'a> {
+    /// The pods the CraneReplicaSet counts (see `planner::claimed`), active or not.
+    pub claimed: Vec<&'a PodFacts>,
+    pub failure: Option<Failure>,
+    pub service: Option<ServiceStatus>,
+    pub now: Timestamp,
+}
+
+/// The new status, and when to look again for pods that will become available.
+pub fn compute(
+    crs: &CraneReplicaSet,
+    selector: &Selector,
+    observed: Observed<'_>,
+) -> (CraneReplicaSetStatus, Option<Duration>) {
+    let min_ready = crs.spec.min_ready_seconds;
+    let template_labels = crs
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let active: Vec<&PodFacts> = observed
+        .claimed
+        .into_iter()
+        .filter(|p| p.is_active())
+        .collect();
+    let count = |f: &dyn Fn(&PodFacts) -> bool| active.iter().filter(|p| f(p)).count() as i32;
+    let recheck = active
+        .iter()
+        .filter(|p| !p.is_available(min_ready, observed.now))
+        .filter_map(|p| p.ready_since)
+        .map(|since| since + jiff::SignedDuration::from_secs(min_ready.into()) - observed.now)
+        .filter_map(|left| Duration::try_from(left).ok())
+        .min();
+    let previous = crs.status.clone().unwrap_or_default();
+    let status = CraneReplicaSetStatus {
+        observed_generation: crs.metadata.generation,
+        replicas: active.len() as i32,
+        fully_labeled_replicas: count(&|p| {
+            template_labels
+                .iter()
+                .all(|(k, v)| p.labels.get(k) == Some(v))
+        }),
+        ready_replicas: count(&|p| p.is_ready()),
+        available_replicas: count(&|p| p.is_available(min_ready, observed.now)),
+        selector: Some(selector.to_string()),
+        conditions: replica_failure(previous.conditions, observed.failure, observed.now),
+        service: observed.service,
+    };
+    (status, recheck)
+}
+
+/// Sets or clears the ReplicaFailure condition. An unchanged condition keeps its time and
+/// message, so a failure that repeats does not rewrite the status on every retry.
+fn replica_failure(
+    mut conditions: Vec<ReplicaSetCondition>,
+    failure: Option<Failure>,
+    now: Timestamp,
+) -> Vec<ReplicaSetCondition> {
+    let current = conditions
+        .iter()
+        .position(|c| c.type_.as_deref() == Some(REPLICA_FAILURE));
+    match (failure, current) {
+        (None, Some(i)) => {
+            conditions.remove(i);
+        }
+        (Some(f), Some(i))
+            if conditions[i].status.as_deref() == Some("True")
+                && conditions[i].reason.as_deref() == Some(f.reason) => {}
+        (Some(f), current) => {
+            if let Some(i) = current {
+                conditions.remove(i);
+            }
+            conditions.push(ReplicaSetCondition {
+                type_: Some(REPLICA_FAILURE.into()),
+                status: Some("True".into()),
+                reason: Some(f.reason.into()),
+                message: Some(f.message),
+                last_transition_time: Some(Time(now)),
+            });
+        }
+        (None, None) => {}
+    }
+    conditions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures::crane;
+    use crate::pods::fixtures::pod;
+    use jiff::SignedDuration;
+    use std::collections::BTreeMap;
+
+    fn app_crane() -> Selector {
+        Selector::from_iter([("app", "crane")])
+    }
+
+    fn observe(pods: &[PodFacts], failure: Option<Failure>, now: Timestamp) -> Observed<'_> {
+        Observed {
+            claimed: pods.iter().collect(),
+            failure,
+            service: None,
+            now,
+        }
+    }
+
+    #[test]
+    fn counts_like_a_replicaset() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(100);
+        let mut crs = crane(4);
+        crs.spec.min_ready_seconds = 30;
+        let pods = vec![
+            pod("available"),
+            PodFacts {
+                ready_since: Some(now - SignedDuration::from_secs(10)),
+                ..pod("ready-not-available")
+            },
+            PodFacts {
+                ready_since: None,
+                ..pod("not-ready")
+            },
+            PodFacts {
+                labels: BTreeMap::from([("app".into(), "crane".into()), ("x".into(), "y".into())]),
+                ..pod("extra-label")
+            },
+            PodFacts {
+                terminating: true,
+                ..pod("terminating")
+            },
+        ];
+        let (st, recheck) = compute(&crs, &app_crane(), observe(&pods, None, now));
+        assert_eq!(
+            (
+                st.replicas,
+                st.fully_labeled_replicas,
+                st.ready_replicas,
+                st.available_replicas
+            ),
+            (4, 4, 3, 2)
+        );
+        assert_eq!(st.selector.as_deref(), Some("app=crane"));
+        assert_eq!(st.observed_generation, Some(1));
+        assert_eq!(
+            recheck,
+            Some(Duration::from_secs(20)),
+            "look again when the pod turns available"
+        );
+    }
+
+    #[test]
+    fn replica_failure_is_set_kept_and_cleared() {
+        let t0 = Timestamp::UNIX_EPOCH;
+        let mut crs = crane(1);
+        let failed = || {
+            Some(Failure {
+                reason: "FailedCreate",
+                message: "exceeded quota: pods=1".into(),
+            })
+        };
+        let (st, _) = compute(&crs, &app_crane(), observe(&[], failed(), t0));
+        assert_eq!(st.conditions.len(), 1);
+        assert_eq!(st.conditions[0].reason.as_deref(), Some("FailedCreate"));
+
+        crs.status = Some(st.clone());
+        let later = t0 + SignedDuration::from_secs(60);
+        let (again, _) = compute(&crs, &app_crane(), observe(&[], failed(), later));
+        assert_eq!(again, st, "a repeated failure does not change the status");
+
+        crs.status = Some(again);
+        let (cleared, _) = compute(&crs, &app_crane(), observe(&[], None, later));
+        assert!(cleared.conditions.is_empty());
+    }
+
+    #[test]
+    fn steady_state_is_a_fixed_point() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1000);
+        let mut crs = crane(2);
+        let pods = [pod("a"), pod("b")];
+        let (st, recheck) = compute(&crs, &app_crane(), observe(&pods, None, now));
+        assert!(recheck.is_none());
+        crs.status = Some(st.clone());
+        let (st2, _) = compute(
+            &crs,
+            &app_crane(),
+            observe(&pods, None, now + SignedDuration::from_secs(5)),
+        );
+        assert_eq!(st, st2);
+    }
+}
