@@ -18,7 +18,7 @@ pub fn pods_to_delete(active: &[&PodFacts], n: usize) -> Vec<PodFacts> {
         .iter()
         .map(|p| (*p, on_node[&p.node_name.as_deref()]))
         .collect();
-    ranked.sort_by(|a, b| delete_first(a, b));
+    ranked.sort_by(delete_first);
     ranked.into_iter().take(n).map(|(p, _)| p.clone()).collect()
 }
 

@@ -4,9 +4,12 @@
 //! `status`, `service`); `controller` runs them against the API server.
 
 pub mod api;
+pub mod controller;
 pub mod deletion_order;
 pub mod expectations;
+pub mod metrics;
 pub mod planner;
 pub mod pods;
 pub mod service;
 pub mod status;
+pub mod telemetry;

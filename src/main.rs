@@ -1,3 +1,127 @@
-fn main() {
-    print!("{}", crane_operator::api::crd_yaml());
+//! `crane-operator`: `run` the controller, or print the `crd`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use crane_operator::controller::{self, Config};
+use crane_operator::metrics::{self, Health, Metrics};
+use crane_operator::telemetry::{self, LogFormat};
+use futures::FutureExt;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "crane-operator",
+    version,
+    about = "Keeps N pods of a template alive and exposes them: the ReplicationController of Kubernetes in Action as a CraneReplicaSet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (KUBECONFIG or the in-cluster config, like kubectl).
+    Run(RunArgs),
+    /// Print the CraneReplicaSet CRD as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "CRANE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "CRANE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Reconcile only while holding the leader lease (for more than one replica).
+    #[arg(long, env = "CRANE_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader lease (default: POD_NAMESPACE, else the watched namespace, else `default`).
+    #[arg(long, env = "CRANE_LEADER_ELECT_NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// Reconcile passes that may run at once (kube-controller-manager's
+    /// --concurrent-replicaset-syncs defaults to 5).
+    #[arg(long, env = "CRANE_CONCURRENCY", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "CRANE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", crane_operator::api::crd_yaml());
+            Ok(())
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn termination() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing reconciles in flight, then exiting"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing reconciles in flight, then exiting"),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let config = Config {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        instance: std::env::var("POD_NAME").ok().or_else(hostname),
+    };
+    if args.leader_elect {
+        anyhow::bail!("--leader-elect is not available in this build");
+    }
+    metrics.leader.set(1);
+    let shutdown = stopped(stop_rx.clone()).shared();
+    controller::run(client, config, metrics, health, shutdown).await;
+    server
+        .await
+        .context("metrics server task")?
+        .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    Ok(())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
 }

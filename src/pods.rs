@@ -6,8 +6,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+
+use crate::api::CraneReplicaSet;
+use crate::service::{OWNER_LABEL, controller_ref};
 
 /// Annotation with which users rank pods for scale-down (lower goes first), as on
 /// apps/v1 ReplicaSets.
@@ -120,6 +124,51 @@ impl PodFacts {
     }
 }
 
+/// A new pod from the CraneReplicaSet's template, named `<name>-<5 random chars>` by the
+/// API server, controlled by the CraneReplicaSet and carrying [`OWNER_LABEL`].
+pub fn new_pod(crs: &CraneReplicaSet) -> Pod {
+    let template = crs.spec.template.metadata.clone().unwrap_or_default();
+    let mut labels = template.labels.unwrap_or_default();
+    labels.insert(OWNER_LABEL.into(), crs.name_any());
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", crs.name_any())),
+            namespace: crs.namespace(),
+            labels: Some(labels),
+            annotations: template.annotations,
+            finalizers: template.finalizers,
+            owner_references: Some(vec![controller_ref(crs)]),
+            ..ObjectMeta::default()
+        },
+        spec: crs.spec.template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Drops what the controller never reads from a cached pod (managed fields, the pod spec
+/// but its node, most of the status): the pod cache is the operator's largest memory cost.
+pub fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..PodSpec::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let mut conditions = status.conditions.take().unwrap_or_default();
+        conditions.retain(|c| c.type_ == "Ready");
+        *status = PodStatus {
+            phase: status.phase.take(),
+            conditions: Some(conditions),
+            container_statuses: status.container_statuses.take(),
+            ..PodStatus::default()
+        };
+    }
+}
+
 #[cfg(test)]
 pub mod fixtures {
     //! Pods in one line, for the planner's tests.
@@ -182,6 +231,40 @@ mod tests {
         let ready_at: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
         assert!(!f.is_available(30, ready_at + jiff::SignedDuration::from_secs(29)));
         assert!(f.is_available(30, ready_at + jiff::SignedDuration::from_secs(30)));
+    }
+
+    #[test]
+    fn new_pods_are_controlled_and_labelled() {
+        let p = new_pod(&crate::api::fixtures::crane(1));
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("crane-"));
+        assert_eq!(p.labels()[OWNER_LABEL], "crane");
+        assert_eq!(p.labels()["app"], "crane");
+        let owner = &p.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("CraneReplicaSet", Some(true))
+        );
+        let f = PodFacts::from_pod(&p);
+        assert_eq!(f.controller, Controller::Uid("crs-uid".into()));
+    }
+
+    #[test]
+    fn slimming_keeps_every_fact_the_planner_reads() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "a", "uid": "u", "labels": {"app": "crane"},
+                "managedFields": [{"manager": "x"}],
+                "annotations": {DELETION_COST_ANNOTATION: "3", "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
+        }))
+        .unwrap();
+        let before = PodFacts::from_pod(&p);
+        slim(&mut p);
+        assert_eq!(PodFacts::from_pod(&p), before);
+        assert!(p.metadata.managed_fields.is_none());
+        assert_eq!(p.annotations().len(), 1);
+        assert!(p.spec.as_ref().unwrap().containers.is_empty());
     }
 
     #[test]

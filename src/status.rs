@@ -15,11 +15,14 @@ use crate::pods::PodFacts;
 
 /// The condition type that reports failed creations and deletions, as on ReplicaSets.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
+/// The condition type that reports why the Service could not be made (a missing
+/// containerPort, a Service of the same name that belongs to someone else).
+pub const SERVICE_FAILURE: &str = "ServiceFailure";
 
-/// Why the last pass could not create or delete the pods it wanted to.
+/// Why the last pass could not do what it wanted to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    /// `FailedCreate` or `FailedDelete`.
+    /// `FailedCreate`, `FailedDelete`, `InvalidServicePort`, `ServiceConflict`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -28,7 +31,8 @@ pub struct Failure {
 pub struct Observed<'a> {
     /// The pods the CraneReplicaSet counts (see `planner::claimed`), active or not.
     pub claimed: Vec<&'a PodFacts>,
-    pub failure: Option<Failure>,
+    pub replica_failure: Option<Failure>,
+    pub service_failure: Option<Failure>,
     pub service: Option<ServiceStatus>,
     pub now: Timestamp,
 }
@@ -72,22 +76,34 @@ pub fn compute(
         ready_replicas: count(&|p| p.is_ready()),
         available_replicas: count(&|p| p.is_available(min_ready, observed.now)),
         selector: Some(selector.to_string()),
-        conditions: replica_failure(previous.conditions, observed.failure, observed.now),
+        conditions: set_condition(
+            set_condition(
+                previous.conditions,
+                REPLICA_FAILURE,
+                observed.replica_failure,
+                observed.now,
+            ),
+            SERVICE_FAILURE,
+            observed.service_failure,
+            observed.now,
+        ),
         service: observed.service,
     };
     (status, recheck)
 }
 
-/// Sets or clears the ReplicaFailure condition. An unchanged condition keeps its time and
-/// message, so a failure that repeats does not rewrite the status on every retry.
-fn replica_failure(
+/// Sets (True, with the failure's reason) or clears a failure condition. An unchanged
+/// condition keeps its time and message, so a failure that repeats does not rewrite the
+/// status on every retry.
+fn set_condition(
     mut conditions: Vec<ReplicaSetCondition>,
+    type_: &str,
     failure: Option<Failure>,
     now: Timestamp,
 ) -> Vec<ReplicaSetCondition> {
     let current = conditions
         .iter()
-        .position(|c| c.type_.as_deref() == Some(REPLICA_FAILURE));
+        .position(|c| c.type_.as_deref() == Some(type_));
     match (failure, current) {
         (None, Some(i)) => {
             conditions.remove(i);
@@ -100,7 +116,7 @@ fn replica_failure(
                 conditions.remove(i);
             }
             conditions.push(ReplicaSetCondition {
-                type_: Some(REPLICA_FAILURE.into()),
+                type_: Some(type_.into()),
                 status: Some("True".into()),
                 reason: Some(f.reason.into()),
                 message: Some(f.message),
@@ -127,7 +143,8 @@ mod tests {
     fn observe(pods: &[PodFacts], failure: Option<Failure>, now: Timestamp) -> Observed<'_> {
         Observed {
             claimed: pods.iter().collect(),
-            failure,
+            replica_failure: failure,
+            service_failure: None,
             service: None,
             now,
         }

@@ -1,0 +1,742 @@
+//! The controller shell: watches, the reconcile pass that carries out the planner's plan
+//! against the API server, events, status writes and per-object backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::{StreamExt, future};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::api::{CraneReplicaSet, ServiceStatus};
+use crate::expectations::Expectations;
+use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
+use crate::planner::{self, Desired, Plan};
+use crate::pods::{PodFacts, new_pod, slim};
+use crate::service::{
+    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, service_name,
+    service_status,
+};
+use crate::status::{self, Failure, Observed};
+
+/// The field manager of every write, and the events' reporting controller.
+pub const MANAGER: &str = "crane-operator";
+
+/// Per-object retry delays after failed passes: doubling from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A periodic look at every CraneReplicaSet, as a safety net for missed events. It reads
+/// only caches and writes nothing in a steady state.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Why a reconcile pass failed. Each carries what failed and on which object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: invalid selector: {message}")]
+    Selector { object: String, message: String },
+    #[error("{object}: {}: {}", failure.reason, failure.message)]
+    Replicas { object: String, failure: Failure },
+    #[error("{object}: {}: {}", failure.reason, failure.message)]
+    Service { object: String, failure: Failure },
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "Kube",
+            Error::Selector { .. } => "InvalidSelector",
+            Error::Replicas { failure, .. } | Error::Service { failure, .. } => failure.reason,
+        }
+    }
+}
+
+/// What the controller was started with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Reconcile passes that may run at once.
+    pub concurrency: u16,
+    /// This process, for events (`reportingInstance`).
+    pub instance: Option<String>,
+}
+
+/// Shared by every reconcile pass.
+pub struct Context {
+    client: Client,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// `namespace/name` of an object: the key of expectations and backoff.
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn kube_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Kube {
+        action,
+        object,
+        source,
+    }
+}
+
+fn api_status(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+impl Context {
+    async fn event(
+        &self,
+        crs: &CraneReplicaSet,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &crs.object_ref(&())).await {
+            warn!(object = %key_of(crs), reason, error = %e, "could not publish event");
+        }
+    }
+}
+
+/// One reconcile pass over one CraneReplicaSet.
+pub async fn reconcile(crs: Arc<CraneReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile_inner(&crs, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(start.elapsed().as_secs_f64());
+    ctx.metrics
+        .expectations_unsatisfied
+        .set(ctx.expectations.unsatisfied() as i64);
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels { result: outcome })
+        .inc();
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key_of(crs.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(crs);
+    if crs.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the pods and the Service; adopt nothing meanwhile.
+        ctx.expectations.forget(&key);
+        return Ok(Action::await_change());
+    }
+    let ns = crs.namespace().unwrap_or_default();
+    let uid = crs.uid().unwrap_or_default();
+    let selector: Selector =
+        crs.label_selector()
+            .try_into()
+            .map_err(|e: kube::core::ParseExpressionError| Error::Selector {
+                object: key.clone(),
+                message: e.to_string(),
+            })?;
+    let pods: Vec<PodFacts> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .map(|p| PodFacts::from_pod(p))
+        .collect();
+    let desired = Desired {
+        uid: &uid,
+        replicas: crs.spec.replicas,
+        selector: &selector,
+        deleting: false,
+    };
+    let plan = planner::plan(&desired, &pods, ctx.expectations.satisfied(&key));
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+
+    claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
+    let replica_failure = if plan.create > 0 {
+        create_pods(crs, ctx, &pod_api, plan.create).await
+    } else if !plan.delete.is_empty() {
+        delete_pods(crs, ctx, &pod_api, &plan.delete).await
+    } else {
+        None
+    };
+    let (service, service_failure) = match sync_service(crs, ctx, &ns).await {
+        Ok(service) => (service, None),
+        Err(Error::Service { failure, .. }) => (None, Some(failure)),
+        Err(e) => return Err(e),
+    };
+
+    let observed = Observed {
+        claimed: planner::claimed(&desired, &pods).collect(),
+        replica_failure: replica_failure.clone(),
+        service_failure: service_failure.clone(),
+        service,
+        now: Timestamp::now(),
+    };
+    let (new_status, recheck) = status::compute(crs, &selector, observed);
+    if crs.status.as_ref() != Some(&new_status) {
+        let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch =
+            json!({"apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet", "status": new_status});
+        api.patch_status(
+            &crs.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(kube_err("update status of", key.clone()))?;
+    }
+    if let Some(failure) = replica_failure {
+        return Err(Error::Replicas {
+            object: key,
+            failure,
+        });
+    }
+    if let Some(failure) = service_failure {
+        return Err(Error::Service {
+            object: key,
+            failure,
+        });
+    }
+    Ok(Action::requeue(
+        recheck.map_or(RESYNC, |d| d + Duration::from_millis(100)),
+    ))
+}
+
+/// Adopts matching orphans, releases pods that stopped matching, and puts [`OWNER_LABEL`]
+/// on every pod counted (the Service selects on it).
+async fn claim_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    plan: &Plan,
+    pods: &[PodFacts],
+    selector: &Selector,
+) -> Result<(), Error> {
+    let name = crs.name_any();
+    let uid = crs.uid().unwrap_or_default();
+    let needs_label: Vec<&PodFacts> = pods
+        .iter()
+        .filter(|p| p.labels.get(OWNER_LABEL) != Some(&name))
+        .filter(|p| {
+            p.controller == crate::pods::Controller::Uid(uid.clone()) && selector.matches(&p.labels)
+        })
+        .filter(|p| !p.terminating)
+        .collect();
+    if !plan.adopt.is_empty() {
+        // The cache may be stale: adopt only if the CraneReplicaSet is still this one and
+        // is not being deleted, read fresh from the API server.
+        let crs_api: Api<CraneReplicaSet> =
+            Api::namespaced(ctx.client.clone(), &crs.namespace().unwrap_or_default());
+        let fresh = crs_api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("re-check before adopting", key_of(crs)))?;
+        let current =
+            fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
+        if current {
+            let owner = crate::service::controller_ref(crs);
+            for pod in &plan.adopt {
+                let patch = json!({"metadata": {
+                    "uid": pod.uid, "ownerReferences": [owner], "labels": {OWNER_LABEL: name}}});
+                patch_pod(api, pod, patch, "adopt").await?;
+                info!(object = %key_of(crs), pod = %pod.name, "adopted orphan pod");
+            }
+        }
+    }
+    for pod in needs_label {
+        let patch = json!({"metadata": {"uid": pod.uid, "labels": {OWNER_LABEL: name}}});
+        patch_pod(api, pod, patch, "label").await?;
+    }
+    for pod in &plan.release {
+        let patch = json!({"metadata": {
+            "uid": pod.uid,
+            "ownerReferences": [{"$patch": "delete", "uid": uid}],
+            "labels": {OWNER_LABEL: null}}});
+        patch_pod(api, pod, patch, "release").await?;
+        info!(object = %key_of(crs), pod = %pod.name, "released pod whose labels no longer match");
+    }
+    Ok(())
+}
+
+/// A strategic-merge patch of one pod. A pod that is gone or was replaced (its UID in the
+/// patch no longer matches) is skipped: the next pass sees the new state.
+async fn patch_pod(
+    api: &Api<Pod>,
+    pod: &PodFacts,
+    patch: serde_json::Value,
+    action: &'static str,
+) -> Result<(), Error> {
+    match api
+        .patch(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(api_status(&e), Some(404 | 409 | 422)) => {
+            debug!(pod = %pod.name, action, error = %e, "pod changed under us; skipped");
+            Ok(())
+        }
+        Err(e) => Err(kube_err(action, format!("pod {}", pod.name))(e)),
+    }
+}
+
+/// Creates `n` pods in slow-start batches; stops at the first failing batch.
+async fn create_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    n: usize,
+) -> Option<Failure> {
+    let key = key_of(crs);
+    let pod = new_pod(crs);
+    ctx.expectations.expect_creations(&key, n);
+    let mut issued = 0;
+    for batch in planner::slow_start_batches(n) {
+        issued += batch;
+        let results = future::join_all((0..batch).map(|_| async {
+            let result = api.create(&PostParams::default(), &pod).await;
+            match &result {
+                Ok(created) => {
+                    ctx.metrics.pods_created.inc();
+                    let note = format!("Created pod: {}", created.name_any());
+                    ctx.event(crs, EventType::Normal, "SuccessfulCreate", "Create", note)
+                        .await;
+                }
+                Err(e) => {
+                    ctx.event(
+                        crs,
+                        EventType::Warning,
+                        "FailedCreate",
+                        "Create",
+                        format!("Error creating: {e}"),
+                    )
+                    .await;
+                }
+            }
+            result
+        }))
+        .await;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                // A server-side timeout may still have created the pod: the watch will say.
+                Err(e) if api_status(&e) == Some(504) => {}
+                Err(e) => {
+                    ctx.expectations.creation_observed(&key);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for _ in issued..n {
+                ctx.expectations.creation_observed(&key);
+            }
+            warn!(object = %key, error = %e, "creating pods failed");
+            return Some(Failure {
+                reason: "FailedCreate",
+                message: e.to_string(),
+            });
+        }
+    }
+    None
+}
+
+/// Deletes the chosen pods, each only if it is still the pod that was chosen (UID).
+async fn delete_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    victims: &[PodFacts],
+) -> Option<Failure> {
+    let key = key_of(crs);
+    ctx.expectations
+        .expect_deletions(&key, victims.iter().map(|p| p.uid.as_str()));
+    let results = future::join_all(victims.iter().map(|pod| async {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let result = api.delete(&pod.name, &params).await;
+        match &result {
+            Ok(_) => {
+                ctx.metrics.pods_deleted.inc();
+                let note = format!("Deleted pod: {}", pod.name);
+                ctx.event(crs, EventType::Normal, "SuccessfulDelete", "Delete", note)
+                    .await;
+            }
+            Err(e) if matches!(api_status(e), Some(404 | 409)) => {
+                ctx.expectations.deletion_observed(&key, &pod.uid);
+            }
+            Err(e) => {
+                ctx.expectations.deletion_observed(&key, &pod.uid);
+                let note = format!("Error deleting pod {}: {e}", pod.name);
+                ctx.event(crs, EventType::Warning, "FailedDelete", "Delete", note)
+                    .await;
+            }
+        }
+        result
+    }))
+    .await;
+    results
+        .into_iter()
+        .filter_map(Result::err)
+        .find(|e| !matches!(api_status(e), Some(404 | 409)))
+        .map(|e| Failure {
+            reason: "FailedDelete",
+            message: e.to_string(),
+        })
+}
+
+/// Applies, reverts, recreates or deletes the Service; returns what its status shows.
+async fn sync_service(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<ServiceStatus>, Error> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = crs.uid();
+    let is_ours = |s: &Service| {
+        s.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+    };
+    let wanted = crs.spec.service.enabled.then(|| service_name(crs));
+    let owned: Vec<Arc<Service>> = ctx
+        .services
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns) && is_ours(s))
+        .collect();
+    for stale in owned.iter().filter(|s| Some(s.name_any()) != wanted) {
+        match api
+            .delete(&stale.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {
+                let note = format!("Deleted service: {}", stale.name_any());
+                ctx.event(crs, EventType::Normal, "SuccessfulDelete", "Delete", note)
+                    .await;
+            }
+            Err(e) if api_status(&e) == Some(404) => {}
+            Err(e) => {
+                return Err(kube_err("delete", format!("service {}", stale.name_any()))(
+                    e,
+                ));
+            }
+        }
+    }
+    let Some(name) = wanted else { return Ok(None) };
+    let desired = desired_service(crs).map_err(|e| Error::Service {
+        object: key_of(crs),
+        failure: Failure {
+            reason: "InvalidServicePort",
+            message: e.to_string(),
+        },
+    })?;
+    let live = match ctx.services.get(&ObjectRef::new(&name).within(ns)) {
+        Some(live) => Some(live),
+        // Not in the cache (which holds only labelled Services): ask the API server, so a
+        // Service that someone else made is never taken over.
+        None => api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get", format!("service {name}")))?
+            .map(Arc::new),
+    };
+    if let Some(live) = &live {
+        if !is_ours(live) {
+            return Err(Error::Service {
+                object: key_of(crs),
+                failure: Failure {
+                    reason: "ServiceConflict",
+                    message: format!(
+                        "Service {name} exists and is not controlled by this CraneReplicaSet; delete it or set spec.service.name"
+                    ),
+                },
+            });
+        }
+        if !has_drifted(live, &desired) {
+            return Ok(Some(service_status(live)));
+        }
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(kube_err("apply", format!("service {name}")))?;
+    if live.is_none() {
+        let note = format!("Created service: {name}");
+        ctx.event(crs, EventType::Normal, "SuccessfulCreate", "Create", note)
+            .await;
+    } else {
+        info!(object = %key_of(crs), service = %name, "reverted changes to the service's owned fields");
+    }
+    Ok(Some(service_status(&applied)))
+}
+
+/// Per-object exponential backoff; one failing CraneReplicaSet never delays the others.
+pub fn error_policy(crs: Arc<CraneReplicaSet>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            reason: err.reason(),
+        })
+        .inc();
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = failures.entry(key_of(crs.as_ref())).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = BACKOFF_FIRST
+        .saturating_mul(1 << (*n - 1).min(16))
+        .min(BACKOFF_MAX);
+    warn!(object = %key_of(crs.as_ref()), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The owner CraneReplicaSet of a child object, from its controller ownerReference.
+fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<CraneReplicaSet>> {
+    let owner = obj.owner_references().iter().find(|o| {
+        o.controller == Some(true)
+            && o.kind == "CraneReplicaSet"
+            && o.api_version.starts_with("crane.dev/")
+    })?;
+    Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
+}
+
+/// Marks the pod events that the expectations wait for, and names the CraneReplicaSets to
+/// reconcile. Runs before the event reaches the pod cache, so "not in the cache yet" means
+/// "new".
+fn observe_pod_event(
+    event: &watcher::Event<Pod>,
+    cache: &Store<Pod>,
+    crs_cache: &Store<CraneReplicaSet>,
+    expectations: &Expectations,
+) -> Vec<ObjectRef<CraneReplicaSet>> {
+    let (pod, deleted) = match event {
+        watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => (pod, false),
+        watcher::Event::Delete(pod) => (pod, true),
+        watcher::Event::Init | watcher::Event::InitDone => return Vec::new(),
+    };
+    let uid = pod.uid().unwrap_or_default();
+    match owner_of(pod) {
+        Some(owner) => {
+            let key = format!(
+                "{}/{}",
+                owner.namespace.as_deref().unwrap_or_default(),
+                owner.name
+            );
+            if deleted || pod.metadata.deletion_timestamp.is_some() {
+                expectations.deletion_observed(&key, &uid);
+            }
+            let known = cache
+                .get(&ObjectRef::from_obj(pod))
+                .is_some_and(|p| p.uid().as_deref() == Some(uid.as_str()));
+            if !deleted && !known {
+                expectations.creation_observed(&key);
+            }
+            vec![owner]
+        }
+        // An orphan: every CraneReplicaSet in its namespace that selects it may adopt it.
+        None if !deleted => crs_cache
+            .state()
+            .iter()
+            .filter(|crs| crs.namespace() == pod.namespace())
+            .filter(|crs| {
+                Selector::try_from(crs.label_selector()).is_ok_and(|s| s.matches(pod.labels()))
+            })
+            .map(|crs| ObjectRef::from_obj(crs.as_ref()))
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; returns once in-flight passes finished.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.namespace.as_deref();
+    let controller = Controller::new(
+        api_for::<CraneReplicaSet>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+    let crs_cache = controller.store();
+    let expectations = Arc::new(Expectations::default());
+    let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
+
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = {
+        let (cache, crs_cache, expectations, tx, health) = (
+            pods.clone(),
+            crs_cache.clone(),
+            expectations.clone(),
+            trigger_tx.clone(),
+            health.clone(),
+        );
+        watcher(
+            api_for::<Pod>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(slim)
+        .map(move |event| {
+            if let Ok(event) = &event {
+                for owner in observe_pod_event(event, &cache, &crs_cache, &expectations) {
+                    let _ = tx.unbounded_send(owner);
+                }
+            }
+            event
+        })
+        .reflect(pod_writer)
+        .for_each(move |event| {
+            watch_health(&health, "pods", event.as_ref().err());
+            future::ready(())
+        })
+    };
+    let (services, service_writer) = reflector::store::<Service>();
+    let service_stream = {
+        let (tx, health) = (trigger_tx.clone(), health.clone());
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        watcher(
+            api_for::<Service>(&client, ns),
+            watcher::Config::default().labels(&selector).any_semantic(),
+        )
+        .default_backoff()
+        .modify(|s| s.metadata.managed_fields = None)
+        .reflect(service_writer)
+        .for_each(move |event| {
+            watch_health(&health, "services", event.as_ref().err());
+            if let Ok(event) = event {
+                let touched = match event {
+                    watcher::Event::Apply(s)
+                    | watcher::Event::InitApply(s)
+                    | watcher::Event::Delete(s) => Some(s),
+                    _ => None,
+                };
+                if let Some(owner) = touched.as_ref().and_then(owner_of) {
+                    let _ = tx.unbounded_send(owner);
+                }
+            }
+            future::ready(())
+        })
+    };
+    let watches = tokio::spawn(future::join(pod_stream, service_stream));
+
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "waiting for the pod and service caches to sync"
+    );
+    let synced = future::join(pods.wait_until_ready(), services.wait_until_ready()).await;
+    if let (Err(e), _) | (_, Err(e)) = synced {
+        warn!(error = %e, "a cache writer went away before syncing");
+        return;
+    }
+    info!(
+        pods = pods.len(),
+        services = services.len(),
+        "caches synced; reconciling"
+    );
+    health.set_ready();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods,
+        services,
+        expectations,
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: MANAGER.into(),
+                instance: config.instance,
+            },
+        ),
+        metrics,
+        failures: Mutex::default(),
+    });
+    controller
+        .reconcile_on(trigger_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "gone")
+                }
+                Err(e) => warn!(error = %e, "controller stream error (retried)"),
+            }
+            future::ready(())
+        })
+        .await;
+    watches.abort();
+    info!("controller stopped");
+}
+
+fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Error>) {
+    match err {
+        None => health.stream_ok(stream),
+        Some(e) => {
+            health.stream_failed(stream);
+            warn!(stream, error = %e, "watch failed; retrying with backoff");
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// A short error class, e.g. `FailedCreate`, `Kube`.
+    pub reason: &'static str,
+}
+
+/// The operator's metrics, named `crane_operator_*`.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub pods_created: Counter,
+    pub pods_deleted: Counter,
+    pub expectations_unsatisfied: Gauge,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("crane_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reconcile",
+            "Reconcile passes by result",
+            reconciles.clone(),
+        );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconcile passes by reason",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile pass takes",
+            reconcile_duration.clone(),
+        );
+        let pods_created = Counter::default();
+        registry.register("pods_created", "Pods created", pods_created.clone());
+        let pods_deleted = Counter::default();
+        registry.register("pods_deleted", "Pods deleted", pods_deleted.clone());
+        let expectations_unsatisfied = Gauge::default();
+        registry.register(
+            "expectations_unsatisfied",
+            "CraneReplicaSets waiting to observe their own creations or deletions",
+            expectations_unsatisfied.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this process holds the leader lease (or runs without election)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            pods_created,
+            pods_deleted,
+            expectations_unsatisfied,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// How long a watch stream may keep failing before `/healthz` reports the process unhealthy
+/// (and a liveness probe restarts it).
+pub const WATCH_FAILURE_GRACE: Duration = Duration::from_secs(120);
+
+/// Readiness (caches synced) and the health of each watch stream.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+    failing_since: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A watch stream delivered an event.
+    pub fn stream_ok(&self, stream: &'static str) {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream);
+    }
+
+    /// A watch stream failed (it retries with backoff).
+    pub fn stream_failed(&self, stream: &'static str) {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stream)
+            .or_insert_with(Instant::now);
+    }
+
+    /// The streams failing for longer than the grace period.
+    pub fn unhealthy_streams(&self) -> Vec<&'static str> {
+        let failing = self.failing_since.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams: Vec<_> = failing
+            .iter()
+            .filter(|(_, since)| since.elapsed() > WATCH_FAILURE_GRACE)
+            .map(|(s, _)| *s)
+            .collect();
+        streams.sort_unstable();
+        streams
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Serves the endpoints until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Shared { metrics, health });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    match s.health.unhealthy_streams().as_slice() {
+        [] => (StatusCode::OK, "ok\n".to_string()),
+        failing => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("watch streams failing: {}\n", failing.join(", ")),
+        ),
+    }
+}
+
+async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_documented_names() {
+        let m = Metrics::default();
+        m.pods_created.inc();
+        m.reconciles
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc();
+        let text = m.encode();
+        for name in [
+            "crane_operator_reconcile_total{result=\"success\"} 1",
+            "crane_operator_pods_created_total 1",
+            "crane_operator_reconcile_duration_seconds_bucket",
+            "crane_operator_expectations_unsatisfied 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_briefly_failing_stream_is_still_healthy() {
+        let h = Health::default();
+        h.stream_failed("pods");
+        assert!(h.unhealthy_streams().is_empty());
+        h.stream_ok("pods");
+        assert!(!h.is_ready());
+        h.set_ready();
+        assert!(h.is_ready());
+    }
+}
