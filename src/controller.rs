@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{StreamExt, future};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
@@ -112,6 +112,9 @@ fn api_status(err: &kube::Error) -> Option<u16> {
 }
 
 impl Context {
+    /// Publishes an event on the CraneReplicaSet. `related` names the pod or Service it
+    /// concerns: events about different objects stay separate instead of being counted as
+    /// a series of the first one.
     async fn event(
         &self,
         crs: &CraneReplicaSet,
@@ -119,17 +122,29 @@ impl Context {
         reason: &str,
         action: &str,
         note: String,
+        related: Option<ObjectReference>,
     ) {
         let ev = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
             action: action.into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&ev, &crs.object_ref(&())).await {
             warn!(object = %key_of(crs), reason, error = %e, "could not publish event");
         }
+    }
+}
+
+fn pod_ref(crs: &CraneReplicaSet, pod: &PodFacts) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name.clone()),
+        namespace: crs.namespace(),
+        uid: Some(pod.uid.clone()),
+        ..ObjectReference::default()
     }
 }
 
@@ -336,8 +351,16 @@ async fn create_pods(
                 Ok(created) => {
                     ctx.metrics.pods_created.inc();
                     let note = format!("Created pod: {}", created.name_any());
-                    ctx.event(crs, EventType::Normal, "SuccessfulCreate", "Create", note)
-                        .await;
+                    let related = Some(created.object_ref(&()));
+                    ctx.event(
+                        crs,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        "Create",
+                        note,
+                        related,
+                    )
+                    .await;
                 }
                 Err(e) => {
                     ctx.event(
@@ -346,6 +369,7 @@ async fn create_pods(
                         "FailedCreate",
                         "Create",
                         format!("Error creating: {e}"),
+                        None,
                     )
                     .await;
                 }
@@ -402,8 +426,16 @@ async fn delete_pods(
             Ok(_) => {
                 ctx.metrics.pods_deleted.inc();
                 let note = format!("Deleted pod: {}", pod.name);
-                ctx.event(crs, EventType::Normal, "SuccessfulDelete", "Delete", note)
-                    .await;
+                let related = Some(pod_ref(crs, pod));
+                ctx.event(
+                    crs,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    "Delete",
+                    note,
+                    related,
+                )
+                .await;
             }
             Err(e) if matches!(api_status(e), Some(404 | 409)) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
@@ -411,8 +443,16 @@ async fn delete_pods(
             Err(e) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
                 let note = format!("Error deleting pod {}: {e}", pod.name);
-                ctx.event(crs, EventType::Warning, "FailedDelete", "Delete", note)
-                    .await;
+                let related = Some(pod_ref(crs, pod));
+                ctx.event(
+                    crs,
+                    EventType::Warning,
+                    "FailedDelete",
+                    "Delete",
+                    note,
+                    related,
+                )
+                .await;
             }
         }
         result
@@ -455,8 +495,16 @@ async fn sync_service(
         {
             Ok(_) => {
                 let note = format!("Deleted service: {}", stale.name_any());
-                ctx.event(crs, EventType::Normal, "SuccessfulDelete", "Delete", note)
-                    .await;
+                let related = Some(stale.object_ref(&()));
+                ctx.event(
+                    crs,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    "Delete",
+                    note,
+                    related,
+                )
+                .await;
             }
             Err(e) if api_status(&e) == Some(404) => {}
             Err(e) => {
@@ -510,8 +558,16 @@ async fn sync_service(
         .map_err(kube_err("apply", format!("service {name}")))?;
     if live.is_none() {
         let note = format!("Created service: {name}");
-        ctx.event(crs, EventType::Normal, "SuccessfulCreate", "Create", note)
-            .await;
+        let related = Some(applied.object_ref(&()));
+        ctx.event(
+            crs,
+            EventType::Normal,
+            "SuccessfulCreate",
+            "Create",
+            note,
+            related,
+        )
+        .await;
     } else {
         info!(object = %key_of(crs), service = %name, "reverted changes to the service's owned fields");
     }

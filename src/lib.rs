@@ -7,6 +7,7 @@ pub mod api;
 pub mod controller;
 pub mod deletion_order;
 pub mod expectations;
+pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod pods;

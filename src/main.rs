@@ -6,11 +6,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use crane_operator::controller::{self, Config};
+use crane_operator::leader::{Elector, Timings};
 use crane_operator::metrics::{self, Health, Metrics};
 use crane_operator::telemetry::{self, LogFormat};
-use futures::FutureExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+
+/// The Lease that operator replicas compete for.
+const LEASE_NAME: &str = "crane-operator-leader";
 
 #[derive(Parser)]
 #[command(
@@ -102,22 +105,86 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.clone(),
         stopped(stop_rx.clone()),
     ));
+    // Unique per process, as client-go's `<hostname>_<uuid>`: two processes on one machine
+    // (or a restarted one) must not share a Lease holder identity.
+    let identity = format!(
+        "{}_{}",
+        std::env::var("POD_NAME")
+            .ok()
+            .or_else(hostname)
+            .unwrap_or_else(|| "crane-operator".into()),
+        unique_suffix()
+    );
     let config = Config {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
-        instance: std::env::var("POD_NAME").ok().or_else(hostname),
+        instance: Some(identity.clone()),
     };
-    if args.leader_elect {
-        anyhow::bail!("--leader-elect is not available in this build");
+    if !args.leader_elect {
+        metrics.leader.set(1);
+        controller::run(client, config, metrics, health, stopped(stop_rx.clone())).await;
+    } else {
+        let lease_ns = args
+            .leader_elect_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let elector = Elector::new(
+            client.clone(),
+            &lease_ns,
+            LEASE_NAME,
+            &identity,
+            Timings::default(),
+        );
+        let (leading_tx, mut leading) = watch::channel(false);
+        let (release_tx, release_rx) = watch::channel(false);
+        let election = tokio::spawn(elector.run(leading_tx, release_rx));
+        // Lead while elected; after losing the lease, campaign again rather than exit.
+        loop {
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                won = leading.wait_for(|l| *l) => if won.is_err() { break },
+            }
+            metrics.leader.set(1);
+            let mut lost = leading.clone();
+            let stop = stop_rx.clone();
+            let until = async move {
+                let mut stop = stop;
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = lost.wait_for(|l| !*l) => {}
+                }
+            };
+            controller::run(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                health.clone(),
+                until,
+            )
+            .await;
+            metrics.leader.set(0);
+            if *stop_rx.borrow() {
+                break;
+            }
+        }
+        let _ = release_tx.send(true);
+        let _ = election.await;
     }
-    metrics.leader.set(1);
-    let shutdown = stopped(stop_rx.clone()).shared();
-    controller::run(client, config, metrics, health, shutdown).await;
     server
         .await
         .context("metrics server task")?
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
     Ok(())
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos:08x}", std::process::id())
 }
 
 fn hostname() -> Option<String> {

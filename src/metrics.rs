@@ -30,6 +30,16 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Every `reason` label of `crane_operator_reconcile_errors_total`.
+pub const ERROR_REASONS: [&str; 6] = [
+    "Kube",
+    "InvalidSelector",
+    "FailedCreate",
+    "FailedDelete",
+    "InvalidServicePort",
+    "ServiceConflict",
+];
+
 /// The operator's metrics, named `crane_operator_*`.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +83,13 @@ impl Default for Metrics {
             "CraneReplicaSets waiting to observe their own creations or deletions",
             expectations_unsatisfied.clone(),
         );
+        // Known label values start at 0, so dashboards and alerts see the series from the start.
+        for result in ["success", "error"] {
+            let _ = reconciles.get_or_create(&ResultLabels { result });
+        }
+        for reason in ERROR_REASONS {
+            let _ = reconcile_errors.get_or_create(&ErrorLabels { reason });
+        }
         let leader = Gauge::default();
         registry.register(
             "leader",
