@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Usage: tests/cluster/smoke.sh                               (part of make test)
+#
+# Quick checks that the local cluster (make cluster) behaves like the real thing the e2e
+# tests rely on: version, nodes, the built-in controllers (serviceaccount, resourcequota,
+# replicaset, garbage collector, namespace), kwok's pod stages including the simulated
+# failures (label crane.dev/simulate), in a fresh namespace that is deleted at the end.
+# Uses KUBECONFIG if set, else .cluster/kubeconfig (see env.sh). Never skips: an
+# unreachable cluster is a failure. Ends with the line "N passed, M failed"; exits non-zero
+# when anything failed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=SCRIPTDIR/env.sh
+source "$here/env.sh"
+# shellcheck source=SCRIPTDIR/versions.env
+source "$here/versions.env"
+
+ns=crane-smoke-$(date +%s)-$RANDOM
+timeout=${CRANE_SMOKE_TIMEOUT:-60}
+passed=0
+failures=()
+why=
+note=
+
+now_ms() { date +%s%3N; }
+since() { local ms=$(($(now_ms) - $1)); printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10)); }
+k() { kubectl --request-timeout=10s "$@"; }
+
+# check NAME FUNCTION [ARGS...]: run one check, print its result and time. A failing check
+# sets $why to say what it saw; a passing one may set $note.
+check() {
+  local name=$1 t0
+  shift
+  why='' note=''
+  t0=$(now_ms)
+  if "$@"; then
+    passed=$((passed + 1))
+    printf 'ok    %-62s %s%s\n' "$name" "$(since "$t0")" "${note:+  ($note)}"
+  else
+    failures+=("$name: ${why:-failed}")
+    printf 'FAIL  %-62s %s\n      %s\n' "$name" "$(since "$t0")" "${why:-failed}"
+  fi
+}
+
+# poll [SECONDS] COMMAND...: retry COMMAND until it succeeds or time runs out.
+poll() {
+  local secs=$timeout
+  case $1 in [0-9]*) secs=$1 && shift ;; esac
+  local end=$((SECONDS + secs))
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.25
+  done
+}
+
+summary() {
+  echo "${passed} passed, ${#failures[@]} failed"
+  if [ "${#failures[@]}" -gt 0 ]; then
+    printf '  failed: %s\n' "${failures[@]}"
+    exit 1
+  fi
+}
+
+cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
+
+# --- checks ------------------------------------------------------------------------------
+reachable() {
+  local server
+  k get --raw /readyz >/dev/null 2>&1 && return
+  server=$(k config view --minify -o jsonpath='{.clusters[0].cluster.server}' 2>/dev/null || true)
+  why="no API server answers at ${server:-(no server in the kubeconfig)} (KUBECONFIG=$KUBECONFIG): start it with 'make cluster'"
+  return 1
+}
+
+server_version() {
+  local v
+  v=$(k get --raw /version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')
+  [ "$v" = "$KUBERNETES_VERSION" ] || { why="server says '$v', expected $KUBERNETES_VERSION"; return 1; }
+}
+
+nodes_ready() {
+  local states
+  states=$(k get nodes -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')
+  [ -n "$states" ] || { why="no nodes"; return 1; }
+  ! grep -qv '=True$' <<<"$states" || { why="not Ready: $(grep -v '=True$' <<<"$states" | tr '\n' ' ')"; return 1; }
+  note="$(wc -l <<<"$states") nodes"
+}
+
+namespace_ready() {
+  k create namespace "$ns" >/dev/null || { why="cannot create namespace $ns"; return 1; }
+  poll k -n "$ns" get serviceaccount default -o name >/dev/null 2>&1 ||
+    { why="no ServiceAccount default in $ns after ${timeout} s (serviceaccount controller)"; return 1; }
+  poll k -n "$ns" get configmap kube-root-ca.crt -o name >/dev/null 2>&1 ||
+    { why="no ConfigMap kube-root-ca.crt in $ns after ${timeout} s (root-ca-cert-publisher)"; return 1; }
+}
+
+quota_field() { k -n "$ns" get resourcequota smoke -o jsonpath="$1" 2>/dev/null; }
+quota_is() { [ "$(quota_field "$1")" = "$2" ]; }
+quota_tracked() {
+  k -n "$ns" create quota smoke --hard=pods=10 >/dev/null || { why="cannot create ResourceQuota"; return 1; }
+  poll quota_is '{.status.used.pods}' 0 ||
+    { why="status.used.pods is '$(quota_field '{.status.used.pods}')', expected 0 (resourcequota controller)"; return 1; }
+}
+
+replicaset_pods() {
+  k -n "$ns" get pods -l app=smoke -o jsonpath='{range .items[*]}{.status.phase}/{.status.conditions[?(@.type=="Ready")].status}/{.status.podIP}{"\n"}{end}' 2>/dev/null
+}
+rs_ready_replicas() { [ "$(k -n "$ns" get rs smoke -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" = "$1" ]; }
+running_ready() { [ "$(replicaset_pods | grep -c '^Running/True/.' || true)" -eq "$1" ]; }
+replicaset_ready() {
+  k -n "$ns" apply -f - >/dev/null <<EOF || { why="cannot create the ReplicaSet"; return 1; }
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: smoke}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: smoke}}
+  template:
+    metadata: {labels: {app: smoke}}
+    spec:
+      containers:
+      - {name: smoke, image: registry.invalid/smoke:1}
+EOF
+  poll running_ready 3 || { why="pods (phase/ready/IP): $(replicaset_pods | tr '\n' ' ')"; return 1; }
+  poll rs_ready_replicas 3 ||
+    { why="ReplicaSet status.readyReplicas is not 3"; return 1; }
+}
+
+quota_counts_pods() {
+  poll quota_is '{.status.used.pods}' 3 ||
+    { why="status.used.pods is '$(quota_field '{.status.used.pods}')', expected 3"; return 1; }
+}
+
+no_smoke_pods() { [ -z "$(k -n "$ns" get pods -l app=smoke -o name 2>/dev/null)" ]; }
+garbage_collected() {
+  k -n "$ns" delete rs smoke --wait=false >/dev/null || { why="cannot delete the ReplicaSet"; return 1; }
+  poll no_smoke_pods ||
+    { why="pods left: $(k -n "$ns" get pods -l app=smoke -o name | tr '\n' ' ')"; return 1; }
+}
+
+create_simulated() {
+  local r
+  for r in ImagePullBackOff CrashLoopBackOff Failed Unready; do
+    cat <<EOF
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sim-$(tr '[:upper:]' '[:lower:]' <<<"$r")
+  labels: {crane.dev/simulate: $r}
+spec:
+  containers:
+  - {name: app, image: "registry.invalid/crane:$r"}
+EOF
+  done | k -n "$ns" apply -f - >/dev/null || { why="cannot create the pods"; return 1; }
+}
+
+# simulated POD EXPECTED: the pod's phase|ready|waiting reason|restartCount|running matches.
+pod_state() {
+  k -n "$ns" get pod "$1" -o jsonpath='{.status.phase}|{.status.conditions[?(@.type=="Ready")].status}|{.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].restartCount}|{.status.containerStatuses[0].state.running.startedAt}' 2>/dev/null |
+    sed 's/|[0-9T:Z.-]*[0-9]Z$/|running/'
+}
+# shellcheck disable=SC2053 # EXPECTED is a glob pattern
+state_matches() { [[ "$(pod_state "$1")" == $2 ]]; }
+simulated() {
+  poll state_matches "$1" "$2" || { why="$1 is '$(pod_state "$1")', expected '$2' (phase|Ready|waiting|restarts|running)"; return 1; }
+}
+
+stable() {
+  local before after
+  before=$(k -n "$ns" get pods -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}')
+  sleep 3 # an observation window, not a wait for something
+  after=$(k -n "$ns" get pods -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}')
+  [ "$before" = "$after" ] || { why="pods still change (a stage re-triggers): $before -> $after"; return 1; }
+}
+
+namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
+namespace_deleted() {
+  k delete namespace "$ns" --wait=false >/dev/null || { why="cannot delete namespace $ns"; return 1; }
+  poll 120 namespace_gone ||
+    { why="namespace $ns still exists: $(k get namespace "$ns" -o jsonpath='{.status.conditions[*].message}')"; return 1; }
+}
+
+# --- run ---------------------------------------------------------------------------------
+echo "smoke test of the local cluster (KUBECONFIG=$KUBECONFIG, namespace $ns)"
+check "API server reachable" reachable
+if [ "${#failures[@]}" -gt 0 ]; then summary; fi
+trap cleanup EXIT
+check "server version is $KUBERNETES_VERSION" server_version
+check "nodes Ready" nodes_ready
+check "namespace gets ServiceAccount + root CA (KCM controllers)" namespace_ready
+check "ResourceQuota status tracked (resourcequota controller)" quota_tracked
+check "ReplicaSet of 3: 3 pods Running+Ready with an IP" replicaset_ready
+check "ResourceQuota counts the 3 pods" quota_counts_pods
+check "deleting the ReplicaSet removes its pods (garbage collector)" garbage_collected
+check "create pods labelled crane.dev/simulate" create_simulated
+check "simulate=ImagePullBackOff: Pending, not ready" simulated sim-imagepullbackoff 'Pending|False|ImagePullBackOff|0|'
+check "simulate=CrashLoopBackOff: Running, not ready, restarted" simulated sim-crashloopbackoff 'Running|False|CrashLoopBackOff|[1-9]*|'
+check "simulate=Failed: phase Failed" simulated sim-failed 'Failed|False||0|'
+check "simulate=Unready: Running, containers running, not ready" simulated sim-unready 'Running|False||0|running'
+check "pod statuses stay put (no stage re-triggers)" stable
+check "deleting the namespace completes (namespace controller)" namespace_deleted
+summary

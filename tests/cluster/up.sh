@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Usage: tests/cluster/up.sh                                   (make cluster)
+#
+# Starts the local control plane "crane": etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and kwok-controller as local processes (kwokctl, runtime "binary"), with
+# simulated nodes and the stages of tests/cluster/kwok.yaml. The binaries come from
+# build.sh (built once from Go modules, then cached); nothing is downloaded.
+# State and logs live in .cluster/ (gitignored); the kubeconfig is .cluster/kubeconfig.
+#
+# Idempotent: a healthy cluster is left alone; a broken one, or one created from another
+# configuration (kwok.yaml, versions, port), is deleted and created again.
+#
+# Environment:
+#   CRANE_APISERVER_PORT  loopback port of the API server (default 26443)
+#   CRANE_NODES           number of simulated nodes (default 3)
+#   CRANE_UP_TIMEOUT      seconds to wait for the cluster to become ready (default 180)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cluster_dir=$repo/.cluster
+name=crane
+port=${CRANE_APISERVER_PORT:-26443}
+nodes=${CRANE_NODES:-3}
+timeout=${CRANE_UP_TIMEOUT:-180}
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok-controller)
+
+log() { printf '[cluster] %s\n' "$*"; }
+die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+now_ms() { date +%s%3N; }
+since() { local ms=$(($(now_ms) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+case $port in '' | *[!0-9]*) die "CRANE_APISERVER_PORT must be a port number, not '$port'" ;; esac
+case $nodes in '' | *[!0-9]*) die "CRANE_NODES must be a number, not '$nodes'" ;; esac
+for tool in sha256sum date; do
+  command -v "$tool" >/dev/null || die "$tool is not on PATH: install it with 'apt-get install coreutils'"
+done
+
+start=$(now_ms)
+
+# kwokctl reads many KWOK_* variables; only ours may apply.
+while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^KWOK_' || true)
+export KWOK_WORKDIR=$cluster_dir/kwok
+workdir=$KWOK_WORKDIR/clusters/$name
+kwok_kubeconfig=$workdir/kubeconfig.yaml
+
+# --- binaries (build.sh is a no-op when they are cached) ---------------------------------
+bins=$("$here/build.sh") || die "tests/cluster/build.sh failed (see above)"
+kube_bin=$(sed -n 's/^KUBERNETES_BIN=//p' <<<"$bins")
+etcd_bin=$(sed -n 's/^ETCD_BIN=//p' <<<"$bins")
+kwok_bin=$(sed -n 's/^KWOK_BIN=//p' <<<"$bins")
+for b in "$kube_bin"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl} \
+  "$etcd_bin/etcd" "$kwok_bin"/{kwok,kwokctl}; do
+  [ -x "$b" ] || die "$b is missing: delete its .stamp under ~/.cache/crane-operator/bin/ and run $here/build.sh"
+done
+# kwokctl runs `kubectl` from PATH (and would download one if there were none).
+export PATH=$kube_bin:$kwok_bin:$PATH
+# shellcheck source=SCRIPTDIR/versions.env
+source "$here/versions.env"
+export KWOK_KUBE_VERSION=$KUBERNETES_VERSION KWOK_KUBECTL_BINARY=$kube_bin/kubectl
+
+create_args=(
+  --name "$name" --config "$here/kwok.yaml"
+  create cluster
+  --runtime binary
+  --kube-apiserver-binary "$kube_bin/kube-apiserver"
+  --kube-controller-manager-binary "$kube_bin/kube-controller-manager"
+  --kube-scheduler-binary "$kube_bin/kube-scheduler"
+  --kwok-controller-binary "$kwok_bin/kwok"
+  --etcd-binary "$etcd_bin/etcd"
+  --kube-apiserver-port "$port"
+  --kube-authorization --kube-admission
+  --kubeconfig "" # leave ~/.kube/config alone
+  --timeout 5m
+)
+# Identifies what the cluster was created from; a change means it must be created again.
+fingerprint=$({
+  cat "$here/kwok.yaml"
+  printf '%s\n' "${create_args[@]}" "nodes=$nodes"
+} | sha256sum | cut -d' ' -f1)
+
+kc() { kubectl --kubeconfig "$kwok_kubeconfig" --request-timeout=5s "$@"; }
+# running COMPONENT: is its process alive? (A zombie is not: PID 1 may reap it late.)
+running() {
+  local pid state
+  pid=$(cat "$workdir/pids/$1.pid" 2>/dev/null) || return 1
+  state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) && [ "$state" != Z ]
+}
+ready_nodes() {
+  kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null |
+    grep -c '^True$' || true
+}
+api_ready() { kc get --raw /readyz >/dev/null 2>&1; }
+nodes_ready() { [ "$(ready_nodes)" -ge "$nodes" ]; }
+has_leader() { [ -n "$(kc -n kube-system get lease "$1" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)" ]; }
+has_default_sa() { kc -n default get serviceaccount default >/dev/null 2>&1; }
+
+# health: is the cluster up and created from this configuration? Sets $why when not.
+why=
+health() {
+  [ -f "$workdir/kwok.yaml" ] || { why="no cluster"; return 1; }
+  [ "$(cat "$cluster_dir/fingerprint" 2>/dev/null)" = "$fingerprint" ] ||
+    { why="it was created from another configuration, or did not finish starting"; return 1; }
+  local c
+  for c in "${components[@]}"; do running "$c" || { why="$c is not running"; return 1; }; done
+  api_ready || { why="the API server is not ready"; return 1; }
+  nodes_ready || { why="fewer than $nodes nodes are Ready"; return 1; }
+}
+
+usage_hint() {
+  log "use it with:  export KUBECONFIG=$cluster_dir/kubeconfig   (or: source tests/cluster/env.sh)"
+  log "              kubectl get nodes"
+  log "stop it with: make cluster-down"
+}
+
+# diagnose: say which component is down and show the end of every log, then stop the
+# processes (the logs stay in .cluster/ until `make cluster-down`).
+diagnose() {
+  local c down=()
+  printf '[cluster] error: %s\n' "$1" >&2
+  for c in "${components[@]}"; do
+    if running "$c"; then
+      echo "  $c: running" >&2
+    elif [ -f "$workdir/pids/$c.pid" ]; then
+      echo "  $c: EXITED" >&2 && down+=("$c")
+    else
+      echo "  $c: not started" >&2
+    fi
+  done
+  # The logs of the components that exited, or of all when none did.
+  [ ${#down[@]} -gt 0 ] || down=("${components[@]}")
+  for c in "${down[@]}"; do
+    [ -s "$workdir/logs/$c.log" ] || continue
+    echo "----- last lines of $workdir/logs/$c.log" >&2
+    tail -n 12 "$workdir/logs/$c.log" >&2
+  done
+  kwokctl --name "$name" -v=WARN stop cluster >/dev/null 2>&1 || true
+  cat >&2 <<EOF
+[cluster] the processes are stopped; the logs above stay in $workdir/logs/.
+[cluster] next: fix the cause (a port in use, a binary that does not start, ...), then run
+[cluster] 'make cluster' again (it deletes and recreates the cluster), or 'make cluster-down'.
+[cluster] to debug by hand: KWOK_WORKDIR=$KWOK_WORKDIR $kwok_bin/kwokctl --name $name start cluster
+EOF
+  exit 1
+}
+
+# wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds or the deadline passes.
+deadline=
+wait_for() {
+  local what=$1 t0
+  shift
+  t0=$(now_ms)
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || diagnose "timed out after ${timeout} s waiting for $what"
+    sleep 0.5
+  done
+  log "$what ($(since "$t0"))"
+}
+
+# --- already up? ---------------------------------------------------------------------
+if health; then
+  cp "$kwok_kubeconfig" "$cluster_dir/kubeconfig"
+  log "cluster '$name' is already up and healthy ($(ready_nodes) nodes, API server https://127.0.0.1:$port)"
+  usage_hint
+  exit 0
+fi
+if [ -e "$cluster_dir" ]; then
+  log "cluster '$name' is not usable ($why): deleting it"
+  "$here/down.sh"
+fi
+
+# --- create ---------------------------------------------------------------------------
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if command -v ss >/dev/null; then
+    ss -ltnp "sport = :$port" >&2 || true
+  else
+    echo "(install iproute2 for 'ss' to see which process it is)" >&2
+  fi
+  die "port $port on 127.0.0.1 is already in use (see above). Stop that process, or pick another port: CRANE_APISERVER_PORT=<port> make cluster"
+fi
+
+mkdir -p "$cluster_dir"
+log "creating cluster '$name' (Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION) in $workdir"
+deadline=$((SECONDS + timeout))
+# kwokctl waits up to 2 min for the API server and then only warns: watch the components
+# meanwhile, to report one that exits (or the deadline) at once.
+kwokctl "${create_args[@]}" &
+kwokctl_pid=$!
+trap 'kill "$kwokctl_pid" 2>/dev/null; exit 130' INT TERM
+while kill -0 "$kwokctl_pid" 2>/dev/null; do
+  for c in "${components[@]}"; do
+    if [ -f "$workdir/pids/$c.pid" ] && ! running "$c"; then
+      kill "$kwokctl_pid" 2>/dev/null || true
+      diagnose "$c exited while the cluster was starting"
+    fi
+  done
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    kill "$kwokctl_pid" 2>/dev/null || true
+    diagnose "timed out after ${timeout} s waiting for kwokctl create cluster"
+  fi
+  sleep 0.25
+done
+wait "$kwokctl_pid" || diagnose "kwokctl create cluster failed"
+trap - INT TERM
+wait_for "API server ready on https://127.0.0.1:$port" api_ready
+kwokctl --name "$name" -v=WARN scale node --replicas "$nodes" >/dev/null || diagnose "kwokctl scale node failed"
+wait_for "$nodes nodes Ready" nodes_ready
+wait_for "kube-controller-manager leading" has_leader kube-controller-manager
+wait_for "kube-scheduler leading" has_leader kube-scheduler
+wait_for "ServiceAccount default/default created" has_default_sa
+
+cp "$kwok_kubeconfig" "$cluster_dir/kubeconfig"
+echo "$fingerprint" >"$cluster_dir/fingerprint"
+log "cluster '$name' is up in $(since "$start"): Kubernetes $KUBERNETES_VERSION, $nodes nodes, API server https://127.0.0.1:$port"
+usage_hint
