@@ -1,0 +1,285 @@
+//! What only the controller can see is reported, never a crash: a ResourceQuota that
+//! refuses pods, pods that fail, a Service without a port to send to.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceQuota;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::harness::*;
+
+/// Backoff after failed passes caps at 60 s, and the quota controller needs a moment to
+/// recount: enough for the first retry after the quota is lifted.
+const AFTER_BACKOFF: Duration = Duration::from_secs(150);
+
+#[tokio::test]
+async fn resource_quota_gives_failed_create_until_lifted() {
+    let env = TestEnv::new("quota").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "pods"},
+        "spec": {"hard": {"pods": "2"}}
+    }))
+    .unwrap();
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the ResourceQuota");
+    // Until the quota controller has written the quota's status, admission refuses every
+    // pod ("status unknown for quota"), which is not the case under test.
+    wait_for(
+        "the quota controller to count the namespace",
+        SHORT,
+        || async {
+            let q = quotas.get("pods").await.map_err(|e| e.to_string())?;
+            let hard = q.status.as_ref().and_then(|s| s.hard.as_ref());
+            hard.is_some_and(|h| h.contains_key("pods"))
+                .then_some(())
+                .ok_or(seen(&q.status))
+        },
+    )
+    .await;
+
+    env.create(crane("crane", 4)).await;
+    let condition = wait_for("2 pods and a ReplicaFailure condition", LONG, || async {
+        let pods = env.active_pods("crane").await?;
+        let cond = env.condition("crane", "ReplicaFailure").await?;
+        match cond {
+            Some(c) if pods.len() == 2 && pods.iter().all(is_ready) => Ok(c),
+            c => Err(format!("{} active pods; condition {c:?}", pods.len())),
+        }
+    })
+    .await;
+    assert_eq!(condition.status.as_deref(), Some("True"), "{condition:?}");
+    assert_eq!(
+        condition.reason.as_deref(),
+        Some("FailedCreate"),
+        "{condition:?}"
+    );
+    let message = condition.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("exceeded quota"),
+        "the message names the quota: {message}"
+    );
+
+    let warnings = wait_for("FailedCreate Warning events", SHORT, || async {
+        let events = env.events_for("crane", "FailedCreate").await?;
+        (!events.is_empty())
+            .then_some(events.clone())
+            .ok_or("none yet".to_string())
+    })
+    .await;
+    for event in &warnings {
+        assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+        let note = event.note.as_deref().unwrap_or_default();
+        assert!(
+            note.contains("exceeded quota"),
+            "the event names the quota: {note}"
+        );
+    }
+    let crs = env.crs().get("crane").await.unwrap();
+    let st = crs.status.unwrap();
+    assert_eq!(
+        (st.replicas, st.ready_replicas),
+        (2, 2),
+        "status counts the 2 pods that exist"
+    );
+    let pods = env.active_pods("crane").await.unwrap();
+    assert_eq!(pods.len(), 2, "exactly 2 pods exist under a quota of 2");
+
+    // Lift the quota: the next retry (at most a minute away) creates the other 2 pods, and
+    // the condition goes away.
+    quotas
+        .patch(
+            "pods",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hard": {"pods": "10"}}})),
+        )
+        .await
+        .expect("raise the quota");
+    env.wait_ready("crane", 4, AFTER_BACKOFF).await;
+    wait_for("the ReplicaFailure condition to clear", SHORT, || async {
+        match env.condition("crane", "ReplicaFailure").await? {
+            None => Ok(()),
+            Some(c) => Err(seen(c)),
+        }
+    })
+    .await;
+    assert_eq!(env.active_pods("crane").await.unwrap().len(), 4);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn failed_pods_are_replaced_and_not_counted() {
+    let env = TestEnv::new("failed").await;
+    env.create(crane("crane", 2)).await;
+    let before = env.wait_ready("crane", 2, LONG).await;
+    let victim = before[0].clone();
+    let victim_name = victim.name_any();
+    // kwok's crane-pod-failed stage turns a labelled pod into phase Failed, every container
+    // terminated with exit code 1 (tests/cluster/kwok.yaml). The label leaves the pod
+    // matching the selector, so only its phase takes it out of the count.
+    env.kubectl(&["label", "pod", &victim_name, "crane.dev/simulate=Failed"]);
+    wait_for("the pod to fail", SHORT, || async {
+        let pod = env
+            .pods()
+            .get(&victim_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let phase = pod.status.and_then(|s| s.phase);
+        (phase.as_deref() == Some("Failed"))
+            .then_some(())
+            .ok_or(seen(phase))
+    })
+    .await;
+
+    let after = wait_for(
+        "a replacement for the Failed pod, and a status that skips it",
+        LONG,
+        || async {
+            let pods = env.active_pods("crane").await?;
+            let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+            let st = env
+                .crs()
+                .get("crane")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if names.len() == 2
+                && !names.contains(&victim_name)
+                && pods.iter().all(is_ready)
+                && st.replicas == 2
+                && st.ready_replicas == 2
+            {
+                Ok(names)
+            } else {
+                Err(format!("active {names:?}; status {st:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        after.contains(&before[1].name_any()),
+        "the healthy pod is kept: {after:?}"
+    );
+
+    // The Failed pod is still there, still owned (as with a ReplicaSet, finished pods are left
+    // to the pod garbage collector), and yet status.replicas is 2, so it is not counted.
+    let failed = env
+        .pods()
+        .get(&victim_name)
+        .await
+        .expect("the Failed pod is left in place");
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed")
+    );
+    assert_eq!(failed.metadata.uid, victim.metadata.uid);
+    assert!(
+        controlled_by(&failed, "crane"),
+        "the Failed pod keeps its owner"
+    );
+    let st = env.crs().get("crane").await.unwrap().status.unwrap();
+    assert_eq!(
+        (st.replicas, st.ready_replicas, st.available_replicas),
+        (2, 2, 2),
+        "{st:?}"
+    );
+    let all = env.pods().list(&Default::default()).await.unwrap().items;
+    assert_eq!(
+        all.len(),
+        3,
+        "2 active pods and the Failed one, no more: {:?}",
+        all.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn service_without_a_port_is_a_condition_not_a_crash() {
+    let mut env = TestEnv::new("noport").await;
+    let mut manifest = crane("crane", 2);
+    manifest["spec"]["template"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("ports");
+    env.create(manifest).await;
+
+    let condition = wait_for("a ServiceFailure condition", LONG, || async {
+        env.condition("crane", "ServiceFailure")
+            .await?
+            .ok_or("no condition yet".to_string())
+    })
+    .await;
+    assert_eq!(condition.status.as_deref(), Some("True"), "{condition:?}");
+    assert_eq!(
+        condition.reason.as_deref(),
+        Some("InvalidServicePort"),
+        "{condition:?}"
+    );
+    let message = condition.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("spec.service.targetPort"),
+        "the message names the field: {message}"
+    );
+
+    // The pods are made all the same, and no Service is.
+    env.wait_ready("crane", 2, LONG).await;
+    assert!(
+        env.services()
+            .get_opt("crane-http")
+            .await
+            .unwrap()
+            .is_none(),
+        "no Service without a port to send to"
+    );
+    if let Some(operator) = env.operator.as_ref() {
+        assert!(
+            http_get(&operator.metrics_addr, "/healthz").await.is_ok(),
+            "the operator is healthy"
+        );
+    }
+
+    // Naming the port fixes it: the Service appears and the condition goes away.
+    env.crs()
+        .patch(
+            "crane",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"service": {"targetPort": 7070}}})),
+        )
+        .await
+        .expect("set spec.service.targetPort");
+    wait_for(
+        "the Service, and the ServiceFailure condition cleared",
+        LONG,
+        || async {
+            let svc = env
+                .services()
+                .get_opt("crane-http")
+                .await
+                .map_err(|e| e.to_string())?;
+            let cond = env.condition("crane", "ServiceFailure").await?;
+            match (&svc, &cond) {
+                (Some(_), None) => Ok(()),
+                _ => Err(format!(
+                    "service exists: {}; condition {cond:?}",
+                    svc.is_some()
+                )),
+            }
+        },
+    )
+    .await;
+
+    if let Some(op) = env.operator.as_mut() {
+        assert!(
+            op.exit_status().is_none(),
+            "the operator kept running: {:?}",
+            op.exit_status()
+        );
+    }
+    env.cleanup().await;
+}

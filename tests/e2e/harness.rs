@@ -1,0 +1,589 @@
+//! What every e2e test stands on: a client for the test cluster, a namespace of its own,
+//! the operator binary started for that namespace, and polling with a deadline.
+//!
+//! The cluster is the one in `KUBECONFIG`, else the local one from `make cluster`
+//! (`.cluster/kubeconfig`). With `CRANE_E2E_EXTERNAL_OPERATOR=1` the tests expect an
+//! operator that is already running (installed by Helm, say) instead of starting their own.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crane_operator::api::CraneReplicaSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use serde_json::{Value, json};
+
+pub const POLL: Duration = Duration::from_millis(200);
+/// Generous deadlines: these are correctness tests on a shared 2-core machine, not timings.
+pub const SHORT: Duration = Duration::from_secs(30);
+pub const LONG: Duration = Duration::from_secs(120);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig the tests and the operator use.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cluster/kubeconfig"))
+}
+
+pub fn external_operator() -> bool {
+    std::env::var("CRANE_E2E_EXTERNAL_OPERATOR").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// A client for the test cluster. Fails the test, loudly, when there is none.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no test cluster: cannot read kubeconfig {}: {e}\n\
+             Start the local cluster with `make cluster`, or set KUBECONFIG to another cluster.",
+            path.display()
+        )
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {} is unusable: {e}", path.display()));
+    let client = Client::try_from(config).expect("a client from the kubeconfig");
+    client.apiserver_version().await.unwrap_or_else(|e| {
+        panic!(
+            "no test cluster: the API server in {} does not answer: {e}\n\
+             Start the local cluster with `make cluster`, or set KUBECONFIG to another cluster.",
+            path.display()
+        )
+    });
+    client
+}
+
+/// Installs (or updates) the CRD and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crane_operator::api::crd();
+    api.patch(
+        "cranereplicasets.crane.dev",
+        &PatchParams::apply("crane-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
+    wait_for("the CRD to be established", SHORT, || async {
+        let crd = api
+            .get("cranereplicasets.crane.dev")
+            .await
+            .map_err(|e| e.to_string())?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established
+            .then_some(())
+            .ok_or_else(|| "not established".to_string())
+    })
+    .await;
+}
+
+/// Polls `check` until it returns `Ok`, or fails the test after `timeout` with the last
+/// state `check` described.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {state}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// The operator binary, run for one namespace; killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub metrics_addr: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str, extra_args: &[&str]) -> Self {
+        let port = free_port();
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs).expect("create target/e2e-logs");
+        let log = logs.join(format!("{namespace}-{port}.log"));
+        let out = File::create(&log).expect("create the operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_crane-operator"))
+            .args([
+                "run",
+                "--namespace",
+                namespace,
+                "--metrics-addr",
+                &metrics_addr,
+            ])
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,crane_operator=debug".into()),
+            )
+            .stdout(out.try_clone().expect("clone log handle"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the crane-operator binary");
+        Self {
+            child,
+            metrics_addr,
+            log,
+        }
+    }
+
+    /// The process id, for tests that signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The scraped `/metrics` text.
+    pub async fn metrics(&self) -> Result<String, String> {
+        http_get(&self.metrics_addr, "/metrics").await
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "--- last lines of the operator log {} ---",
+                self.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A minimal HTTP/1.0 GET on loopback, enough to scrape the operator's endpoints.
+pub async fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP header")?;
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_string())
+    } else {
+        Err(head.lines().next().unwrap_or_default().to_string())
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: its namespace and, unless external, its own operator.
+pub struct TestEnv {
+    pub client: Client,
+    pub ns: String,
+    pub operator: Option<Operator>,
+}
+
+impl TestEnv {
+    /// A fresh namespace named after the test, with the CRD installed and an operator
+    /// watching it.
+    pub async fn new(test: &str) -> Self {
+        let env = Self::without_operator(test).await;
+        let operator = (!external_operator()).then(|| Operator::start(&env.ns, &[]));
+        Self { operator, ..env }
+    }
+
+    /// The same, but no operator is started (tests that start their own).
+    pub async fn without_operator(test: &str) -> Self {
+        let client = client().await;
+        install_crd(&client).await;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let ns = format!(
+            "e2e-{test}-{:x}{}",
+            nanos % 0xfffff,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": ns, "labels": {"crane.dev/e2e": "true"}}
+        }))
+        .expect("namespace");
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create the test namespace");
+        wait_for("the namespace's default ServiceAccount", SHORT, || async {
+            let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(client.clone(), &ns);
+            sa.get_opt("default")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("not yet".to_string())
+        })
+        .await;
+        Self {
+            client,
+            ns,
+            operator: None,
+        }
+    }
+
+    pub fn crs(&self) -> Api<CraneReplicaSet> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates a CraneReplicaSet from JSON.
+    pub async fn create(&self, manifest: Value) -> CraneReplicaSet {
+        let crs: CraneReplicaSet =
+            serde_json::from_value(manifest).expect("a CraneReplicaSet manifest");
+        self.crs()
+            .create(&PostParams::default(), &crs)
+            .await
+            .expect("create the CraneReplicaSet")
+    }
+
+    /// Active pods (not terminating, not finished) controlled by the named CraneReplicaSet.
+    pub async fn active_pods(&self, name: &str) -> Result<Vec<Pod>, String> {
+        let pods = self
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter(|p| controlled_by(p, name))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .collect())
+    }
+
+    /// Waits until exactly `n` active pods of `name` exist, all Ready, and the status says
+    /// so for the current generation.
+    pub async fn wait_ready(&self, name: &str, n: usize, timeout: Duration) -> Vec<Pod> {
+        wait_for(
+            &format!("{n} ready pods of {name} and a status saying so"),
+            timeout,
+            || async {
+                let pods = self.active_pods(name).await?;
+                let ready = pods.iter().filter(|p| is_ready(p)).count();
+                let crs = self.crs().get(name).await.map_err(|e| e.to_string())?;
+                let st = crs.status.clone().unwrap_or_default();
+                let current = st.observed_generation == crs.metadata.generation;
+                if pods.len() == n
+                    && ready == n
+                    && current
+                    && st.replicas == n as i32
+                    && st.ready_replicas == n as i32
+                {
+                    Ok(pods)
+                } else {
+                    Err(format!(
+                        "{} active, {ready} ready; status {st:?}",
+                        pods.len()
+                    ))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Deletes the namespace (the tests do not wait for it to go).
+    pub async fn cleanup(self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+    }
+
+    /// Runs kubectl against the test cluster in this namespace; returns stdout or fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .args(["--namespace", &self.ns])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .output()
+            .expect("run kubectl (is it on PATH? `make test` puts the cluster's kubectl there)");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub fn controlled_by(pod: &Pod, name: &str) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "CraneReplicaSet" && o.name == name)
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The book's CraneReplicaSet (image heejeong/crane, containerPort 7070) with `replicas`.
+pub fn crane(name: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "crane.dev/v1",
+        "kind": "CraneReplicaSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "crane", "image": "heejeong/crane", "ports": [{"containerPort": 7070}]}]}
+            }
+        }
+    })
+}
+
+/// Formats anything for a wait_for state.
+pub fn seen<T: Debug>(value: T) -> String {
+    format!("{value:?}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the failure, validation, scale and operations tests.
+
+impl TestEnv {
+    /// Runs kubectl in this namespace, with `stdin` piped in when given; returns stdout on
+    /// success and stderr (plus stdout) on failure, for tests that expect a refusal.
+    pub fn kubectl_result(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .args(["--namespace", &self.ns])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl (is it on PATH? `make test` puts the cluster's kubectl there)");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("kubectl's stdin");
+            pipe.write_all(input.as_bytes())
+                .expect("write kubectl's stdin");
+        }
+        let out = child.wait_with_output().expect("wait for kubectl");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// The events.k8s.io events with `reason` about the named CraneReplicaSet.
+    pub async fn events_for(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<Vec<k8s_openapi::api::events::v1::Event>, String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("CraneReplicaSet") && r.name.as_deref() == Some(name)
+                })
+            })
+            .collect())
+    }
+
+    /// The condition of `type_` in the named CraneReplicaSet's status, if any.
+    pub async fn condition(
+        &self,
+        name: &str,
+        type_: &str,
+    ) -> Result<Option<k8s_openapi::api::apps::v1::ReplicaSetCondition>, String> {
+        let crs = self.crs().get(name).await.map_err(|e| e.to_string())?;
+        Ok(crs
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_.as_deref() == Some(type_)))
+    }
+
+    /// The holder of the operator's leader Lease in this namespace (None: no Lease, or
+    /// released).
+    pub async fn lease_holder(&self) -> Result<Option<String>, String> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let lease = api
+            .get_opt("crane-operator-leader")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+}
+
+/// The value of one series in a Prometheus text exposition, e.g.
+/// `crane_operator_reconcile_total{result="success"}` or `crane_operator_leader`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The type a Prometheus text exposition declares for a metric family (`# TYPE name type`).
+pub fn metric_type<'a>(text: &'a str, family: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let mut words = l.strip_prefix("# TYPE ")?.split_whitespace();
+        (words.next()? == family).then(|| words.next()).flatten()
+    })
+}
+
+/// Every pod UID that appeared in a namespace since `start`, recorded by a watch running in
+/// the background: proves that a controller never created more pods than it should have,
+/// even ones it deleted again.
+pub struct PodsEverSeen {
+    uids: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodsEverSeen {
+    /// Starts watching the namespace's pods; returns once the initial list is in.
+    pub async fn start(env: &TestEnv) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let uids = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+        let stream = watcher(env.pods(), watcher::Config::default()).default_backoff();
+        let task = {
+            let (uids, errors) = (uids.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut synced_tx = Some(synced_tx);
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(
+                            watcher::Event::Apply(p)
+                            | watcher::Event::InitApply(p)
+                            | watcher::Event::Delete(p),
+                        ) => {
+                            if let Some(uid) = p.metadata.uid {
+                                uids.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
+                            }
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(tx) = synced_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(watcher::Event::Init) => {}
+                        Err(e) => errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(e.to_string()),
+                    }
+                }
+            })
+        };
+        tokio::time::timeout(SHORT, synced_rx)
+            .await
+            .expect("the pod watch lists the namespace in time")
+            .expect("the pod watch task runs");
+        Self { uids, errors, task }
+    }
+
+    /// The UIDs seen so far.
+    pub fn uids(&self) -> std::collections::BTreeSet<String> {
+        self.uids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Watch errors so far. After one, the watch re-lists and a pod created and deleted in
+    /// the gap could go unseen, so a test that counts pods requires there were none.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for PodsEverSeen {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,158 @@
+//! Ownership: adoption of orphans, release of relabelled pods, scale-down ranking, garbage
+//! collection.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::harness::*;
+
+fn bare_pod(name: &str, app: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": "crane", "image": "heejeong/crane"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn orphans_with_matching_labels_are_adopted() {
+    let env = TestEnv::new("adopt").await;
+    env.pods()
+        .create(&PostParams::default(), &bare_pod("orphan", "crane"))
+        .await
+        .unwrap();
+    env.pods()
+        .create(&PostParams::default(), &bare_pod("stranger", "other"))
+        .await
+        .unwrap();
+    let crs = env.create(crane("crane", 2)).await;
+    let pods = env.wait_ready("crane", 2, LONG).await;
+    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    assert!(
+        names.contains(&"orphan".to_string()),
+        "the orphan is one of the two: {names:?}"
+    );
+    let orphan = env.pods().get("orphan").await.unwrap();
+    assert_eq!(orphan.owner_references()[0].uid, crs.uid().unwrap());
+    assert_eq!(
+        orphan
+            .labels()
+            .get("crane.dev/replicaset")
+            .map(String::as_str),
+        Some("crane")
+    );
+    let stranger = env.pods().get("stranger").await.unwrap();
+    assert!(
+        stranger.owner_references().is_empty(),
+        "a pod that does not match is left alone"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn relabelled_pod_is_released_and_replaced() {
+    let env = TestEnv::new("release").await;
+    env.create(crane("crane", 2)).await;
+    let pods = env.wait_ready("crane", 2, LONG).await;
+    let victim = pods[0].name_any();
+    let relabel = json!({"metadata": {"labels": {"app": "debug"}}});
+    env.pods()
+        .patch(&victim, &PatchParams::default(), &Patch::Merge(relabel))
+        .await
+        .unwrap();
+    let released = wait_for("the pod to be released", SHORT, || async {
+        let pod = env.pods().get(&victim).await.map_err(|e| e.to_string())?;
+        let free =
+            pod.owner_references().is_empty() && !pod.labels().contains_key("crane.dev/replicaset");
+        free.then_some(pod.clone())
+            .ok_or(seen((pod.owner_references(), pod.labels())))
+    })
+    .await;
+    let after = env.wait_ready("crane", 2, LONG).await;
+    assert!(
+        after.iter().all(|p| p.name_any() != victim),
+        "the relabelled pod is no longer counted"
+    );
+    assert!(
+        released.metadata.deletion_timestamp.is_none(),
+        "released, not deleted"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn scale_down_honours_pod_deletion_cost() {
+    let env = TestEnv::new("cost").await;
+    env.create(crane("crane", 3)).await;
+    let pods = env.wait_ready("crane", 3, LONG).await;
+    // Make every pod expensive but one, which ReplicaSet's ranking then deletes first.
+    let cheap = pods[1].name_any();
+    for pod in &pods {
+        let cost = if pod.name_any() == cheap {
+            "-100"
+        } else {
+            "100"
+        };
+        let patch = json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": cost}}});
+        env.pods()
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+            .unwrap();
+    }
+    env.kubectl(&["scale", "crs", "crane", "--replicas=2"]);
+    let after = env.wait_ready("crane", 2, LONG).await;
+    assert!(
+        after.iter().all(|p| p.name_any() != cheap),
+        "the cheapest pod went: {after:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deleting_the_crane_replica_set_collects_its_pods_and_service() {
+    let env = TestEnv::new("gc").await;
+    env.create(crane("crane", 2)).await;
+    env.wait_ready("crane", 2, LONG).await;
+    wait_for("the service", SHORT, || async {
+        env.services()
+            .get_opt("crane-http")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("none".to_string())
+    })
+    .await;
+    env.crs()
+        .delete("crane", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the garbage collector to remove pods and service",
+        LONG,
+        || async {
+            let pods = env
+                .pods()
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            let svc = env
+                .services()
+                .get_opt("crane-http")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+            (pods == 0 && !svc)
+                .then_some(())
+                .ok_or(format!("{pods} pods, service present: {svc}"))
+        },
+    )
+    .await;
+    env.cleanup().await;
+}

@@ -1,0 +1,286 @@
+//! Invalid CraneReplicaSets are refused at admission (CRD schema and CEL rules, see
+//! `refine_schema` in src/api.rs) with a message that names the field.
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// What a case does, and where the refusal is expected.
+enum Op {
+    /// Create through the API (kube, default field validation: unknown fields are pruned
+    /// with a warning); the refusal must be 422 Invalid.
+    Create(Value),
+    /// Create `valid` (which must succeed), then apply `patch` as a JSON merge patch; the
+    /// patch must be refused with 422.
+    Update { valid: Value, patch: Value },
+    /// `kubectl create -f -` (strict field validation, kubectl's default).
+    KubectlCreate(Value),
+}
+
+struct Case {
+    name: &'static str,
+    op: Op,
+    /// A fragment of the refusal; None: the request must succeed (a control).
+    expect: Option<&'static str>,
+}
+
+/// A valid CraneReplicaSet named `name`, changed by `edit`.
+fn with(name: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut manifest = crane(name, 1);
+    edit(&mut manifest);
+    manifest
+}
+
+fn cases() -> Vec<Case> {
+    let refuse = |name, op, fragment| Case {
+        name,
+        op,
+        expect: Some(fragment),
+    };
+    let long_name = format!("a{}", "b".repeat(59));
+    assert_eq!(long_name.len(), 60);
+    vec![
+        Case {
+            name: "control: the book's CraneReplicaSet",
+            op: Op::Create(crane("valid", 1)),
+            expect: None,
+        },
+        Case {
+            name: "control: a 60-character name with the Service disabled",
+            op: Op::Create(with(&long_name, |m| {
+                m["spec"]["service"] = json!({"enabled": false})
+            })),
+            expect: None,
+        },
+        Case {
+            name: "control: a 60-character name with spec.service.name set",
+            op: Op::Create(with(&format!("c{}", "d".repeat(59)), |m| {
+                m["spec"]["service"] = json!({"name": "short-http"})
+            })),
+            expect: None,
+        },
+        refuse(
+            "negative replicas",
+            Op::Create(with("neg", |m| m["spec"]["replicas"] = json!(-1))),
+            "spec.replicas",
+        ),
+        refuse(
+            "replicas above 100000",
+            Op::Create(with("huge", |m| m["spec"]["replicas"] = json!(100001))),
+            "spec.replicas",
+        ),
+        refuse(
+            "selector that does not match the template labels",
+            Op::Create(with("mismatch", |m| {
+                m["spec"]["selector"] = json!({"matchLabels": {"app": "other"}})
+            })),
+            "spec.selector.matchLabels does not match",
+        ),
+        refuse(
+            "selector expression that does not match the template labels",
+            Op::Create(with(
+                "mismatch-expr",
+                |m| m["spec"]["selector"] = json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["other"]}]}),
+            )),
+            "spec.selector.matchExpressions does not match",
+        ),
+        refuse(
+            "empty selector",
+            Op::Create(with("empty-selector", |m| {
+                m["spec"]["selector"] = json!({})
+            })),
+            "spec.selector must not be empty",
+        ),
+        refuse(
+            "empty template labels and no selector",
+            Op::Create(with("nolabels", |m| {
+                m["spec"]["template"]["metadata"]["labels"] = json!({})
+            })),
+            "spec.template.metadata.labels must not be empty",
+        ),
+        refuse(
+            "no template metadata and no selector",
+            Op::Create(with("nometa", |m| {
+                m["spec"]["template"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("metadata");
+            })),
+            "spec.template.metadata.labels must not be empty",
+        ),
+        refuse(
+            "no containers",
+            Op::Create(with("nocontainers", |m| {
+                m["spec"]["template"]["spec"]["containers"] = json!([])
+            })),
+            "spec.template.spec.containers",
+        ),
+        refuse(
+            "duplicate container names",
+            Op::Create(with(
+                "dupnames",
+                |m| m["spec"]["template"]["spec"]["containers"] = json!([{"name": "crane", "image": "heejeong/crane"}, {"name": "crane", "image": "busybox"}]),
+            )),
+            "container names must be unique",
+        ),
+        refuse(
+            "service type Foo",
+            Op::Create(with("badtype", |m| {
+                m["spec"]["service"] = json!({"type": "Foo"})
+            })),
+            "spec.service.type: Unsupported value",
+        ),
+        refuse(
+            "service port 0",
+            Op::Create(with("port0", |m| m["spec"]["service"] = json!({"port": 0}))),
+            "spec.service.port",
+        ),
+        refuse(
+            "service port 70000",
+            Op::Create(with("port70000", |m| {
+                m["spec"]["service"] = json!({"port": 70000})
+            })),
+            "spec.service.port",
+        ),
+        refuse(
+            "targetPort 0",
+            Op::Create(with("target0", |m| {
+                m["spec"]["service"] = json!({"targetPort": 0})
+            })),
+            "spec.service.targetPort",
+        ),
+        refuse(
+            "targetPort that is not a port name",
+            Op::Create(with("target-name", |m| {
+                m["spec"]["service"] = json!({"targetPort": "Not_A_Name"})
+            })),
+            "spec.service.targetPort",
+        ),
+        // The book's typo. kubectl validates strictly and names the unknown field...
+        refuse(
+            "`lables` in the template metadata (kubectl, strict)",
+            Op::KubectlCreate(lables("typo-kubectl")),
+            "lables",
+        ),
+        // ...while a client that lets the server prune it gets an object without labels,
+        // which the CEL rule refuses.
+        refuse(
+            "`lables` in the template metadata (API, pruned)",
+            Op::Create(lables("typo-api")),
+            "spec.template.metadata.labels must not be empty",
+        ),
+        refuse(
+            "selector change after creation",
+            Op::Update {
+                valid: with("immutable", |m| {
+                    m["spec"]["template"]["metadata"]["labels"] =
+                        json!({"app": "immutable", "tier": "web"});
+                    m["spec"]["selector"] = json!({"matchLabels": {"app": "immutable"}});
+                }),
+                patch: json!({"spec": {"selector": {"matchLabels": {"tier": "web"}}}}),
+            },
+            "spec.selector is immutable",
+        ),
+        refuse(
+            "template label change while the labels are the selector",
+            Op::Update {
+                valid: crane("relabel", 1),
+                patch: json!({"spec": {"template": {"metadata": {"labels": {"app": "other"}}}}}),
+            },
+            "spec.template.metadata.labels are the selector",
+        ),
+        refuse(
+            "name longer than 58 characters with the Service enabled",
+            Op::Create(crane(&format!("x{}", "y".repeat(58)), 1)),
+            "metadata.name must start with a letter and be at most 58 characters",
+        ),
+    ]
+}
+
+/// The book's misspelling: `lables` where `labels` belongs.
+fn lables(name: &str) -> Value {
+    let mut manifest = crane(name, 1);
+    let metadata = &mut manifest["spec"]["template"]["metadata"];
+    *metadata = json!({"lables": metadata["labels"].clone()});
+    manifest
+}
+
+/// What the API server said: Ok, or the refusal (code and message).
+async fn attempt(env: &TestEnv, api: &Api<DynamicObject>, op: &Op) -> Result<(), String> {
+    let refusal = |e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 422 => s.message,
+        kube::Error::Api(s) => format!(
+            "[HTTP {} {}, expected 422 Invalid] {}",
+            s.code, s.reason, s.message
+        ),
+        e => format!("[not an API refusal] {e}"),
+    };
+    let object =
+        |v: &Value| serde_json::from_value::<DynamicObject>(v.clone()).expect("a manifest");
+    match op {
+        Op::Create(manifest) => api
+            .create(&PostParams::default(), &object(manifest))
+            .await
+            .map(drop)
+            .map_err(refusal),
+        Op::Update { valid, patch } => {
+            api.create(&PostParams::default(), &object(valid))
+                .await
+                .map_err(|e| format!("[the valid object was refused] {}", refusal(e)))?;
+            let name = valid["metadata"]["name"].as_str().unwrap();
+            api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map(drop)
+                .map_err(refusal)
+        }
+        Op::KubectlCreate(manifest) => env
+            .kubectl_result(&["create", "-f", "-"], Some(&manifest.to_string()))
+            .map(drop),
+    }
+}
+
+#[tokio::test]
+async fn invalid_crane_replica_sets_are_refused_naming_the_field() {
+    // Admission alone decides here: no operator is needed.
+    let env = TestEnv::without_operator("validation").await;
+    let resource = ApiResource::erase::<crane_operator::api::CraneReplicaSet>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &resource);
+
+    let cases = cases();
+    let mut mismatches = Vec::new();
+    for case in &cases {
+        let outcome = attempt(&env, &api, &case.op).await;
+        let verdict = match (&case.expect, &outcome) {
+            (None, Ok(())) => Ok(()),
+            (None, Err(message)) => Err(format!("expected success, was refused: {message}")),
+            (Some(fragment), Ok(())) => Err(format!(
+                "expected a refusal mentioning {fragment:?}, was accepted"
+            )),
+            (Some(fragment), Err(message))
+                if message.contains(fragment) && !message.starts_with('[') =>
+            {
+                Ok(())
+            }
+            (Some(fragment), Err(message)) => Err(format!(
+                "expected a refusal mentioning {fragment:?}, got: {message}"
+            )),
+        };
+        match verdict {
+            Ok(()) => eprintln!(
+                "ok   {}: {}",
+                case.name,
+                outcome.err().unwrap_or_else(|| "accepted".into()).trim()
+            ),
+            Err(why) => mismatches.push(format!("{}: {why}", case.name)),
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} validation cases went wrong:\n  - {}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n  - ")
+    );
+    env.cleanup().await;
+}
