@@ -35,7 +35,7 @@ lint: ## rustfmt, clippy and shellcheck
 	shellcheck -x hack/*.sh tests/cluster/*.sh tests/kind/*.sh .ci/run
 
 unit: ## Unit, property and generated-file tests (no cluster)
-	$(CARGO) test --locked --lib --bins --test generated
+	$(CARGO) test --locked --lib --bins --test generated --test planner_properties
 
 e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
 	tests/cluster/smoke.sh
