@@ -13,6 +13,12 @@ name=crane
 
 log() { printf '[cluster] %s\n' "$*"; }
 
+# The lock of up.sh (unless up.sh itself runs this script).
+if [ -z "${CRANE_CLUSTER_LOCKED:-}" ] && command -v flock >/dev/null; then
+  exec 9<"$here/up.sh"
+  flock -n 9 || { log "waiting for another tests/cluster/up.sh or down.sh to finish"; flock 9; }
+fi
+
 if [ ! -e "$cluster_dir" ]; then
   log "no cluster to delete"
   exit 0

@@ -32,11 +32,20 @@ since() { local ms=$(($(now_ms) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 
 
 case $port in '' | *[!0-9]*) die "CRANE_APISERVER_PORT must be a port number, not '$port'" ;; esac
 case $nodes in '' | *[!0-9]*) die "CRANE_NODES must be a number, not '$nodes'" ;; esac
-for tool in sha256sum date; do
-  command -v "$tool" >/dev/null || die "$tool is not on PATH: install it with 'apt-get install coreutils'"
+for tool in sha256sum:coreutils cmp:diffutils; do
+  command -v "${tool%:*}" >/dev/null || die "${tool%:*} is not on PATH: install it with 'apt-get install ${tool#*:}'"
 done
 
 start=$(now_ms)
+
+# One up.sh or down.sh at a time: `make e2e` and `make run` may both start the cluster.
+# (The lock is on this file, so down.sh removing .cluster/ cannot lose it. Processes that
+# outlive this script must not inherit fd 9: see 9<&- below.)
+if command -v flock >/dev/null; then
+  exec 9<"$here/up.sh"
+  flock -n 9 || { log "waiting for another tests/cluster/up.sh or down.sh to finish"; flock 9; }
+  export CRANE_CLUSTER_LOCKED=1
+fi
 
 # kwokctl reads many KWOK_* variables; only ours may apply.
 while IFS= read -r v; do unset "$v"; done < <(compgen -e | grep '^KWOK_' || true)
@@ -45,7 +54,7 @@ workdir=$KWOK_WORKDIR/clusters/$name
 kwok_kubeconfig=$workdir/kubeconfig.yaml
 
 # --- binaries (build.sh is a no-op when they are cached) ---------------------------------
-bins=$("$here/build.sh") || die "tests/cluster/build.sh failed (see above)"
+bins=$("$here/build.sh" 9<&-) || die "tests/cluster/build.sh failed (see above)"
 kube_bin=$(sed -n 's/^KUBERNETES_BIN=//p' <<<"$bins")
 etcd_bin=$(sed -n 's/^ETCD_BIN=//p' <<<"$bins")
 kwok_bin=$(sed -n 's/^KWOK_BIN=//p' <<<"$bins")
@@ -103,8 +112,19 @@ health() {
     { why="it was created from another configuration, or did not finish starting"; return 1; }
   local c
   for c in "${components[@]}"; do running "$c" || { why="$c is not running"; return 1; }; done
-  api_ready || { why="the API server is not ready"; return 1; }
+  local tries=5 # a busy server may be slow to answer
+  until api_ready; do
+    tries=$((tries - 1))
+    [ "$tries" -gt 0 ] || { why="the API server is not ready"; return 1; }
+    sleep 1
+  done
   nodes_ready || { why="fewer than $nodes nodes are Ready"; return 1; }
+}
+
+# publish_kubeconfig: .cluster/kubeconfig, replaced atomically (others may be reading it).
+publish_kubeconfig() {
+  cmp -s "$kwok_kubeconfig" "$cluster_dir/kubeconfig" && return
+  cp "$kwok_kubeconfig" "$cluster_dir/kubeconfig.tmp" && mv "$cluster_dir/kubeconfig.tmp" "$cluster_dir/kubeconfig"
 }
 
 usage_hint() {
@@ -159,7 +179,7 @@ wait_for() {
 
 # --- already up? ---------------------------------------------------------------------
 if health; then
-  cp "$kwok_kubeconfig" "$cluster_dir/kubeconfig"
+  publish_kubeconfig
   log "cluster '$name' is already up and healthy ($(ready_nodes) nodes, API server https://127.0.0.1:$port)"
   usage_hint
   exit 0
@@ -184,7 +204,7 @@ log "creating cluster '$name' (Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSIO
 deadline=$((SECONDS + timeout))
 # kwokctl waits up to 2 min for the API server and then only warns: watch the components
 # meanwhile, to report one that exits (or the deadline) at once.
-kwokctl "${create_args[@]}" &
+kwokctl "${create_args[@]}" 9<&- &
 kwokctl_pid=$!
 trap 'kill "$kwokctl_pid" 2>/dev/null; exit 130' INT TERM
 while kill -0 "$kwokctl_pid" 2>/dev/null; do
@@ -209,7 +229,7 @@ wait_for "kube-controller-manager leading" has_leader kube-controller-manager
 wait_for "kube-scheduler leading" has_leader kube-scheduler
 wait_for "ServiceAccount default/default created" has_default_sa
 
-cp "$kwok_kubeconfig" "$cluster_dir/kubeconfig"
+publish_kubeconfig
 echo "$fingerprint" >"$cluster_dir/fingerprint"
 log "cluster '$name' is up in $(since "$start"): Kubernetes $KUBERNETES_VERSION, $nodes nodes, API server https://127.0.0.1:$port"
 usage_hint

@@ -44,14 +44,40 @@ async fn resource_quota_gives_failed_create_until_lifted() {
     .await;
 
     env.create(crane("crane", 4)).await;
-    let condition = wait_for("2 pods and a ReplicaFailure condition", LONG, || async {
-        let pods = env.active_pods("crane").await?;
-        let cond = env.condition("crane", "ReplicaFailure").await?;
-        match cond {
-            Some(c) if pods.len() == 2 && pods.iter().all(is_ready) => Ok(c),
-            c => Err(format!("{} active pods; condition {c:?}", pods.len())),
-        }
-    })
+    // The status catches up with the pods' readiness on a later pass: wait for all three.
+    let condition = wait_for(
+        "2 ready pods, a status saying so, and a ReplicaFailure condition",
+        LONG,
+        || async {
+            let pods = env.active_pods("crane").await?;
+            let ready = pods.iter().filter(|p| is_ready(p)).count();
+            let st = env
+                .crs()
+                .get("crane")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let cond = st
+                .conditions
+                .iter()
+                .find(|c| c.type_.as_deref() == Some("ReplicaFailure"))
+                .cloned();
+            match cond {
+                Some(c)
+                    if pods.len() == 2
+                        && ready == 2
+                        && (st.replicas, st.ready_replicas) == (2, 2) =>
+                {
+                    Ok(c)
+                }
+                _ => Err(format!(
+                    "{} active pods, {ready} ready; status {st:?}",
+                    pods.len()
+                )),
+            }
+        },
+    )
     .await;
     assert_eq!(condition.status.as_deref(), Some("True"), "{condition:?}");
     assert_eq!(
