@@ -268,6 +268,12 @@ fn rule(rule: &str, message: &str) -> Value {
     json!({ "rule": rule, "message": message })
 }
 
+/// A CEL rule whose error points at `field_path` (relative to the node holding the rule),
+/// so that `kubectl` names the field itself rather than its parent.
+fn rule_at(field_path: &str, rule: &str, message: &str) -> Value {
+    json!({ "rule": rule, "message": message, "fieldPath": field_path })
+}
+
 /// The schema node of the property at `path` (each step descends into `properties`).
 fn prop<'a>(schema: &'a mut Value, path: &[&str]) -> &'a mut Value {
     path.iter()
@@ -393,24 +399,28 @@ fn refine_schema(root: &mut Value) {
     let template_label =
         |key: &str| format!("{HAS_TEMPLATE_LABELS} && {key} in self.template.metadata.labels");
     let spec_rules = vec![
-        rule(
+        rule_at(
+            ".selector",
             "!has(self.selector) || (has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)",
             "spec.selector must not be empty: an empty selector would select every pod in the namespace",
         ),
-        rule(
+        rule_at(
+            ".template.metadata",
             &format!(
                 "has(self.selector) || ({HAS_TEMPLATE_LABELS} && size(self.template.metadata.labels) > 0)"
             ),
             "spec.template.metadata.labels must not be empty when spec.selector is not set (the labels are the selector)",
         ),
-        rule(
+        rule_at(
+            ".selector.matchLabels",
             &format!(
                 "!has(self.selector) || !has(self.selector.matchLabels) || self.selector.matchLabels.all(k, {} && self.template.metadata.labels[k] == self.selector.matchLabels[k])",
                 template_label("k")
             ),
             "spec.selector.matchLabels does not match spec.template.metadata.labels",
         ),
-        rule(
+        rule_at(
+            ".selector.matchExpressions",
             &format!(
                 "!has(self.selector) || !has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e, \
                  e.operator == 'In' ? ({l} && self.template.metadata.labels[e.key] in e.values) : \
@@ -420,14 +430,16 @@ fn refine_schema(root: &mut Value) {
             ),
             "spec.selector.matchExpressions does not match spec.template.metadata.labels",
         ),
-        rule(
+        rule_at(
+            ".selector",
             "has(oldSelf.selector) ? has(self.selector) && self.selector == oldSelf.selector : \
              !has(self.selector) || (has(self.selector.matchLabels) && !has(self.selector.matchExpressions) && \
              has(oldSelf.template.metadata) && has(oldSelf.template.metadata.labels) && \
              self.selector.matchLabels == oldSelf.template.metadata.labels)",
             "spec.selector is immutable (it may only be set to the template labels it defaulted to)",
         ),
-        rule(
+        rule_at(
+            ".template.metadata",
             "has(self.selector) || has(oldSelf.selector) || self.template.metadata.labels == oldSelf.template.metadata.labels",
             "spec.template.metadata.labels are the selector while spec.selector is not set, and the selector is immutable: set spec.selector to the current labels first",
         ),
