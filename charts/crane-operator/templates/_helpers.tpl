@@ -85,7 +85,7 @@ Shared by the ClusterRole (all namespaces) and the Role (watchNamespace).
   verbs: ["get", "list", "watch"]
 - apiGroups: ["crane.dev"]
   resources: ["cranereplicasets/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete", "patch"]
