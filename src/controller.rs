@@ -214,7 +214,19 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     };
     let (service, service_failure) = match sync_service(crs, ctx, &ns).await {
         Ok(service) => (service, None),
-        Err(Error::Service { failure, .. }) => (None, Some(failure)),
+        Err(Error::Service { failure, .. }) => {
+            let note = failure.message.clone();
+            ctx.event(
+                crs,
+                EventType::Warning,
+                failure.reason,
+                "Service",
+                note,
+                None,
+            )
+            .await;
+            (None, Some(failure))
+        }
         Err(e) => return Err(e),
     };
 
@@ -636,15 +648,23 @@ fn observe_pod_event(
             vec![owner]
         }
         // An orphan: every CraneReplicaSet in its namespace that selects it may adopt it.
-        None if !deleted => crs_cache
-            .state()
-            .iter()
-            .filter(|crs| crs.namespace() == pod.namespace())
-            .filter(|crs| {
-                Selector::try_from(crs.label_selector()).is_ok_and(|s| s.matches(pod.labels()))
-            })
-            .map(|crs| ObjectRef::from_obj(crs.as_ref()))
-            .collect(),
+        // (A pod with another controller is none of our business.)
+        None if !deleted
+            && !pod
+                .owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true)) =>
+        {
+            crs_cache
+                .state()
+                .iter()
+                .filter(|crs| crs.namespace() == pod.namespace())
+                .filter(|crs| {
+                    Selector::try_from(crs.label_selector()).is_ok_and(|s| s.matches(pod.labels()))
+                })
+                .map(|crs| ObjectRef::from_obj(crs.as_ref()))
+                .collect()
+        }
         None => Vec::new(),
     }
 }
@@ -794,5 +814,72 @@ fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Err
             health.stream_failed(stream);
             warn!(stream, error = %e, "watch failed; retrying with backoff");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures::crane;
+    use serde_json::json;
+
+    fn pod(name: &str, owner: Option<(&str, &str)>) -> Pod {
+        let owners: Vec<_> = owner
+            .map(|(kind, uid)| json!({"apiVersion": if kind == "CraneReplicaSet" { "crane.dev/v1" } else { "apps/v1" },
+                "kind": kind, "name": "crane", "uid": uid, "controller": true}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "labels": {"app": "crane"}, "ownerReferences": owners}}),
+        )
+        .unwrap()
+    }
+
+    fn stores() -> (
+        Store<Pod>,
+        reflector::store::Writer<Pod>,
+        Store<CraneReplicaSet>,
+    ) {
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let (crs, mut crs_writer) = reflector::store::<CraneReplicaSet>();
+        crs_writer.apply_watcher_event(&watcher::Event::Apply(crane(1)));
+        (pods, pod_writer, crs)
+    }
+
+    #[test]
+    fn a_new_pod_of_ours_is_an_observed_creation_once() {
+        let (pods, mut writer, crs) = stores();
+        let e = Expectations::default();
+        e.expect_creations("default/crane", 1);
+        let ev = watcher::Event::Apply(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
+        let triggered = observe_pod_event(&ev, &pods, &crs, &e);
+        assert_eq!(triggered, vec![ObjectRef::new("crane").within("default")]);
+        assert!(e.satisfied("default/crane"));
+        writer.apply_watcher_event(&ev);
+        // The same pod again (an update) is not a second creation.
+        e.expect_creations("default/crane", 1);
+        observe_pod_event(&ev, &pods, &crs, &e);
+        assert!(!e.satisfied("default/crane"));
+    }
+
+    #[test]
+    fn a_deleted_pod_is_an_observed_deletion() {
+        let (pods, _, crs) = stores();
+        let e = Expectations::default();
+        e.expect_deletions("default/crane", ["uid-a"]);
+        let ev = watcher::Event::Delete(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
+        observe_pod_event(&ev, &pods, &crs, &e);
+        assert!(e.satisfied("default/crane"));
+    }
+
+    #[test]
+    fn orphans_trigger_the_replica_sets_that_select_them_and_others_pods_nothing() {
+        let (pods, _, crs) = stores();
+        let e = Expectations::default();
+        let orphan = watcher::Event::Apply(pod("o", None));
+        assert_eq!(observe_pod_event(&orphan, &pods, &crs, &e).len(), 1);
+        let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));
+        assert!(observe_pod_event(&theirs, &pods, &crs, &e).is_empty());
     }
 }

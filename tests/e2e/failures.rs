@@ -253,6 +253,16 @@ async fn service_without_a_port_is_a_condition_not_a_crash() {
         "the message names the field: {message}"
     );
 
+    wait_for("an InvalidServicePort Warning event", SHORT, || async {
+        let events = env.events_for("crane", "InvalidServicePort").await?;
+        events
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+            .ok_or(format!("{} such events", events.len()))
+    })
+    .await;
+
     // The pods are made all the same, and no Service is.
     env.wait_ready("crane", 2, LONG).await;
     assert!(
