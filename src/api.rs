@@ -66,6 +66,13 @@ use serde_json::{Value, json};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.podIssues[0].reason",
+        description = "Why the most pods are not ready",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -202,6 +209,27 @@ pub struct CraneReplicaSetStatus {
     /// The Service that exposes the pods, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceStatus>,
+    /// Why pods are not ready, grouped by reason, the most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_issues: Vec<PodIssue>,
+}
+
+/// Pods that are not ready for one reason.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIssue {
+    /// As `kubectl get pods` shows it: ImagePullBackOff, CrashLoopBackOff, OOMKilled,
+    /// Unschedulable, CreateContainerConfigError, ...
+    pub reason: String,
+    /// How many pods have it.
+    pub count: i32,
+    /// One of them.
+    pub example_pod: String,
+    /// What Kubernetes says about the example pod.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// What usually causes it, and what to do.
+    pub hint: String,
 }
 
 /// The Service as the controller last saw it.
@@ -518,7 +546,14 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["DESIRED", "CURRENT", "READY", "EXTERNAL-IP", "AGE"]
+            [
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "EXTERNAL-IP",
+                "AGE",
+                "REASON"
+            ]
         );
     }
 

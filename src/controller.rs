@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::api::{CraneReplicaSet, ServiceStatus};
+use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
 use crate::expectations::Expectations;
 use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
 use crate::planner::{self, Desired, Plan};
@@ -104,6 +104,29 @@ fn kube_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube
     }
 }
 
+/// What a failed request says, for conditions and events: the API server's own message
+/// where there is one (the whole `Status` would bury it).
+fn error_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Event notes may be at most 1 kB; a longer one would make the event itself fail.
+fn truncate_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
 fn api_status(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
@@ -127,7 +150,7 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate_note(note)),
             action: action.into(),
             secondary: related,
         };
@@ -238,6 +261,7 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
         now: Timestamp::now(),
     };
     let (new_status, recheck) = status::compute(crs, &selector, observed);
+    announce_pod_issues(crs, ctx, &new_status).await;
     if crs.status.as_ref() != Some(&new_status) {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch =
@@ -265,6 +289,49 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     Ok(Action::requeue(
         recheck.map_or(RESYNC, |d| d + Duration::from_millis(100)),
     ))
+}
+
+/// One event when the main reason pods are not ready changes (or goes away), never one
+/// per pod or per pass.
+async fn announce_pod_issues(crs: &CraneReplicaSet, ctx: &Context, new: &CraneReplicaSetStatus) {
+    let before = crs
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_issues.first())
+        .map(|i| i.reason.as_str());
+    let message = || {
+        new.conditions
+            .iter()
+            .find(|c| c.type_.as_deref() == Some(status::PODS_READY))
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    match (before, new.pod_issues.first()) {
+        (before, Some(now)) if before != Some(now.reason.as_str()) => {
+            ctx.event(
+                crs,
+                EventType::Warning,
+                &now.reason,
+                "Diagnose",
+                message(),
+                None,
+            )
+            .await;
+        }
+        (Some(_), None) => {
+            let note = "no pod has a known problem any more".to_string();
+            ctx.event(
+                crs,
+                EventType::Normal,
+                "PodIssuesResolved",
+                "Diagnose",
+                note,
+                None,
+            )
+            .await;
+        }
+        _ => {}
+    }
 }
 
 /// Adopts matching orphans, releases pods that stopped matching, and puts [`OWNER_LABEL`]
@@ -380,7 +447,7 @@ async fn create_pods(
                         EventType::Warning,
                         "FailedCreate",
                         "Create",
-                        format!("Error creating: {e}"),
+                        format!("Error creating: {}", error_message(e)),
                         None,
                     )
                     .await;
@@ -408,7 +475,7 @@ async fn create_pods(
             warn!(object = %key, error = %e, "creating pods failed");
             return Some(Failure {
                 reason: "FailedCreate",
-                message: e.to_string(),
+                message: error_message(&e),
             });
         }
     }
@@ -454,7 +521,7 @@ async fn delete_pods(
             }
             Err(e) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
-                let note = format!("Error deleting pod {}: {e}", pod.name);
+                let note = format!("Error deleting pod {}: {}", pod.name, error_message(e));
                 let related = Some(pod_ref(crs, pod));
                 ctx.event(
                     crs,
@@ -476,7 +543,7 @@ async fn delete_pods(
         .find(|e| !matches!(api_status(e), Some(404 | 409)))
         .map(|e| Failure {
             reason: "FailedDelete",
-            message: e.to_string(),
+            message: error_message(&e),
         })
 }
 
@@ -861,6 +928,14 @@ mod tests {
         e.expect_creations("default/crane", 1);
         observe_pod_event(&ev, &pods, &crs, &e);
         assert!(!e.satisfied("default/crane"));
+    }
+
+    #[test]
+    fn event_notes_fit_in_one_kilobyte() {
+        let long = "é".repeat(800);
+        let note = truncate_note(long);
+        assert!(note.len() <= 1024 && note.ends_with('…'));
+        assert_eq!(truncate_note("short".into()), "short");
     }
 
     #[test]

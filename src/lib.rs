@@ -6,6 +6,7 @@
 pub mod api;
 pub mod controller;
 pub mod deletion_order;
+pub mod diagnostics;
 pub mod expectations;
 pub mod leader;
 pub mod metrics;

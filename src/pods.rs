@@ -48,6 +48,17 @@ impl Phase {
     }
 }
 
+/// Why a pod is not ready, as `kubectl get pods` would show it (ImagePullBackOff,
+/// CrashLoopBackOff, OOMKilled, Unschedulable, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issue {
+    pub reason: String,
+    pub message: String,
+}
+
+/// Waiting reasons of a container that is simply starting: not worth reporting.
+const STARTING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
+
 /// What the planner knows of one pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodFacts {
@@ -63,6 +74,56 @@ pub struct PodFacts {
     pub restarts: i32,
     pub created: Option<Timestamp>,
     pub deletion_cost: i32,
+    /// Why the pod is not ready, when it has a reason worth telling the user.
+    pub issue: Option<Issue>,
+}
+
+/// The most telling reason a not-ready pod has: OOMKilled over the CrashLoopBackOff it
+/// causes, then a waiting container's reason, then the scheduler's.
+fn issue_of(pod: &Pod) -> Option<Issue> {
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    let mut waiting = None;
+    for c in containers {
+        let oom = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.reason.as_deref() == Some("OOMKilled"));
+        if let Some(t) = oom.filter(|_| !c.ready) {
+            let message = t
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("container {} was killed: out of memory", c.name));
+            return Some(Issue {
+                reason: "OOMKilled".into(),
+                message,
+            });
+        }
+        let w = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        if let Some(reason) = w
+            .and_then(|w| w.reason.clone())
+            .filter(|r| !STARTING.contains(&r.as_str()))
+        {
+            let message = w.and_then(|w| w.message.clone()).unwrap_or_default();
+            waiting.get_or_insert(Issue { reason, message });
+        }
+    }
+    waiting.or_else(|| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .map(|c| Issue {
+                reason: c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                message: c.message.clone().unwrap_or_default(),
+            })
+    })
 }
 
 impl PodFacts {
@@ -103,6 +164,11 @@ impl PodFacts {
                 .get(DELETION_COST_ANNOTATION)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            issue: if ready_since.is_some() {
+                None
+            } else {
+                issue_of(pod)
+            },
         }
     }
 
@@ -159,11 +225,12 @@ pub fn slim(pod: &mut Pod) {
     }
     if let Some(status) = pod.status.as_mut() {
         let mut conditions = status.conditions.take().unwrap_or_default();
-        conditions.retain(|c| c.type_ == "Ready");
+        conditions.retain(|c| c.type_ == "Ready" || c.type_ == "PodScheduled");
         *status = PodStatus {
             phase: status.phase.take(),
             conditions: Some(conditions),
             container_statuses: status.container_statuses.take(),
+            init_container_statuses: status.init_container_statuses.take(),
             ..PodStatus::default()
         };
     }
@@ -190,6 +257,7 @@ pub mod fixtures {
             restarts: 0,
             created: Some(Timestamp::UNIX_EPOCH),
             deletion_cost: 0,
+            issue: None,
         }
     }
 
@@ -265,6 +333,44 @@ mod tests {
         assert!(p.metadata.managed_fields.is_none());
         assert_eq!(p.annotations().len(), 1);
         assert!(p.spec.as_ref().unwrap().containers.is_empty());
+    }
+
+    fn not_ready(status: serde_json::Value) -> Option<Issue> {
+        let p: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap();
+        PodFacts::from_pod(&p).issue
+    }
+
+    #[test]
+    fn reads_why_a_pod_is_not_ready() {
+        let waiting = |reason: &str| {
+            json!({"phase": "Pending", "containerStatuses": [{"name": "c", "ready": false,
+            "restartCount": 0, "image": "i", "imageID": "", "state": {"waiting": {"reason": reason, "message": "m"}}}]})
+        };
+        assert_eq!(
+            not_ready(waiting("ImagePullBackOff")).unwrap().reason,
+            "ImagePullBackOff"
+        );
+        assert_eq!(
+            not_ready(waiting("ContainerCreating")),
+            None,
+            "starting is not an issue"
+        );
+        let oom = json!({"phase": "Running", "containerStatuses": [{"name": "c", "ready": false, "restartCount": 3,
+            "image": "i", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
+        assert_eq!(not_ready(oom).unwrap().reason, "OOMKilled");
+        let unschedulable = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available"}]});
+        let issue = not_ready(unschedulable).unwrap();
+        assert_eq!(
+            (issue.reason.as_str(), issue.message.as_str()),
+            ("Unschedulable", "0/3 nodes are available")
+        );
+        let ready = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "c", "ready": true, "restartCount": 1, "image": "i", "imageID": "",
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
+        assert_eq!(not_ready(ready), None, "a ready pod has no issue");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::ReplicaSetCondition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::Selector;
 
-use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
+use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, PodIssue, ServiceStatus};
+use crate::diagnostics;
 use crate::pods::PodFacts;
 
 /// The condition type that reports failed creations and deletions, as on ReplicaSets.
@@ -18,6 +19,8 @@ pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 /// The condition type that reports why the Service could not be made (a missing
 /// containerPort, a Service of the same name that belongs to someone else).
 pub const SERVICE_FAILURE: &str = "ServiceFailure";
+/// True when `replicas` pods are ready; False with the reason most pods are not.
+pub const PODS_READY: &str = "PodsReady";
 
 /// Why the last pass could not do what it wanted to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +68,9 @@ pub fn compute(
         .filter_map(|left| Duration::try_from(left).ok())
         .min();
     let previous = crs.status.clone().unwrap_or_default();
+    let pod_issues = diagnostics::pod_issues(active.iter().copied());
+    let ready = count(&|p| p.is_ready());
+    let pods_ready = pods_ready(crs.spec.replicas, active.len() as i32, ready, &pod_issues);
     let status = CraneReplicaSetStatus {
         observed_generation: crs.metadata.generation,
         replicas: active.len() as i32,
@@ -73,23 +79,87 @@ pub fn compute(
                 .iter()
                 .all(|(k, v)| p.labels.get(k) == Some(v))
         }),
-        ready_replicas: count(&|p| p.is_ready()),
+        ready_replicas: ready,
         available_replicas: count(&|p| p.is_available(min_ready, observed.now)),
         selector: Some(selector.to_string()),
-        conditions: set_condition(
+        conditions: set_status_condition(
             set_condition(
-                previous.conditions,
-                REPLICA_FAILURE,
-                observed.replica_failure,
+                set_condition(
+                    previous.conditions,
+                    REPLICA_FAILURE,
+                    observed.replica_failure,
+                    observed.now,
+                ),
+                SERVICE_FAILURE,
+                observed.service_failure,
                 observed.now,
             ),
-            SERVICE_FAILURE,
-            observed.service_failure,
+            PODS_READY,
+            pods_ready,
             observed.now,
         ),
         service: observed.service,
+        pod_issues,
     };
     (status, recheck)
+}
+
+/// The PodsReady condition: its status, reason and message.
+fn pods_ready(
+    desired: i32,
+    active: i32,
+    ready: i32,
+    issues: &[PodIssue],
+) -> (bool, String, String) {
+    match issues.first() {
+        Some(top) => {
+            let message = match top.message.as_str() {
+                "" => format!(
+                    "{} of {desired} pods: {} (e.g. {}); {}",
+                    top.count, top.reason, top.example_pod, top.hint
+                ),
+                m => format!(
+                    "{} of {desired} pods: {} (e.g. {}: {m}); {}",
+                    top.count, top.reason, top.example_pod, top.hint
+                ),
+            };
+            (false, top.reason.clone(), message)
+        }
+        None if ready == desired && active == desired => (
+            true,
+            "AllPodsReady".into(),
+            format!("{ready} of {desired} pods are ready"),
+        ),
+        None => (
+            false,
+            "PodsNotReady".into(),
+            format!("{ready} of {desired} pods are ready"),
+        ),
+    }
+}
+
+/// Sets a condition; `lastTransitionTime` moves only when its status changes.
+fn set_status_condition(
+    mut conditions: Vec<ReplicaSetCondition>,
+    type_: &str,
+    (ok, reason, message): (bool, String, String),
+    now: Timestamp,
+) -> Vec<ReplicaSetCondition> {
+    let status = if ok { "True" } else { "False" };
+    let since = conditions
+        .iter()
+        .find(|c| c.type_.as_deref() == Some(type_) && c.status.as_deref() == Some(status))
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conditions.retain(|c| c.type_.as_deref() != Some(type_));
+    conditions.push(ReplicaSetCondition {
+        type_: Some(type_.into()),
+        status: Some(status.into()),
+        reason: Some(reason),
+        message: Some(message),
+        last_transition_time: Some(since),
+    });
+    conditions
 }
 
 /// Sets (True, with the failure's reason) or clears a failure condition. An unchanged
@@ -204,8 +274,8 @@ mod tests {
             })
         };
         let (st, _) = compute(&crs, &app_crane(), observe(&[], failed(), t0));
-        assert_eq!(st.conditions.len(), 1);
-        assert_eq!(st.conditions[0].reason.as_deref(), Some("FailedCreate"));
+        let failure = condition(&st, REPLICA_FAILURE).expect("ReplicaFailure");
+        assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
 
         crs.status = Some(st.clone());
         let later = t0 + SignedDuration::from_secs(60);
@@ -214,7 +284,64 @@ mod tests {
 
         crs.status = Some(again);
         let (cleared, _) = compute(&crs, &app_crane(), observe(&[], None, later));
-        assert!(cleared.conditions.is_empty());
+        assert!(condition(&cleared, REPLICA_FAILURE).is_none());
+    }
+
+    fn condition<'a>(
+        st: &'a CraneReplicaSetStatus,
+        type_: &str,
+    ) -> Option<&'a ReplicaSetCondition> {
+        st.conditions
+            .iter()
+            .find(|c| c.type_.as_deref() == Some(type_))
+    }
+
+    #[test]
+    fn pods_ready_names_the_reason_and_keeps_its_time() {
+        let t0 = Timestamp::UNIX_EPOCH;
+        let mut crs = crane(2);
+        let stuck = PodFacts {
+            ready_since: None,
+            issue: Some(crate::pods::Issue {
+                reason: "ImagePullBackOff".into(),
+                message: "Back-off pulling image".into(),
+            }),
+            ..pod("b")
+        };
+        let pods = [pod("a"), stuck];
+        let (st, _) = compute(&crs, &app_crane(), observe(&pods, None, t0));
+        let c = condition(&st, PODS_READY).unwrap();
+        assert_eq!(
+            (c.status.as_deref(), c.reason.as_deref()),
+            (Some("False"), Some("ImagePullBackOff"))
+        );
+        assert!(c.message.as_deref().unwrap().contains("registry"), "{c:?}");
+        assert_eq!(st.pod_issues[0].example_pod, "b");
+
+        crs.status = Some(st.clone());
+        let (again, _) = compute(
+            &crs,
+            &app_crane(),
+            observe(&pods, None, t0 + SignedDuration::from_secs(30)),
+        );
+        assert_eq!(again, st, "no churn while nothing changes");
+
+        let healthy = [pod("a"), pod("b")];
+        let (fixed, _) = compute(
+            &crs,
+            &app_crane(),
+            observe(&healthy, None, t0 + SignedDuration::from_secs(60)),
+        );
+        let c = condition(&fixed, PODS_READY).unwrap();
+        assert_eq!(
+            (c.status.as_deref(), c.reason.as_deref()),
+            (Some("True"), Some("AllPodsReady"))
+        );
+        assert!(fixed.pod_issues.is_empty());
+        assert_eq!(
+            c.last_transition_time.as_ref().unwrap().0,
+            t0 + SignedDuration::from_secs(60)
+        );
     }
 
     #[test]

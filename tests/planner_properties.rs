@@ -59,6 +59,7 @@ fn arb_pod() -> impl Strategy<Value = PodFacts> {
                     restarts,
                     created: Some(Timestamp::UNIX_EPOCH + SignedDuration::from_secs(age)),
                     deletion_cost: cost,
+                    issue: None,
                 }
             },
         )
@@ -87,6 +88,7 @@ fn new_pod(n: usize) -> PodFacts {
         restarts: 0,
         created: None,
         deletion_cost: 0,
+        issue: None,
     }
 }
 

@@ -209,12 +209,24 @@ async fn failed_pods_are_replaced_and_not_counted() {
         controlled_by(&failed, "crane"),
         "the Failed pod keeps its owner"
     );
-    let st = env.crs().get("crane").await.unwrap().status.unwrap();
-    assert_eq!(
-        (st.replicas, st.ready_replicas, st.available_replicas),
-        (2, 2, 2),
-        "{st:?}"
-    );
+    // The status may still show an earlier pass (it lags the pods by one reconcile).
+    wait_for(
+        "the status to count 2 replicas, not the Failed pod",
+        SHORT,
+        || async {
+            let st = env
+                .crs()
+                .get("crane")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            ((st.replicas, st.ready_replicas, st.available_replicas) == (2, 2, 2))
+                .then_some(())
+                .ok_or(seen(st))
+        },
+    )
+    .await;
     let all = env.pods().list(&Default::default()).await.unwrap().items;
     assert_eq!(
         all.len(),
