@@ -68,6 +68,13 @@ use serde_json::{Value, json};
         json_path = ".metadata.creationTimestamp"
     ),
     printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Active pods made from the current template",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.podIssues[0].reason",
@@ -99,6 +106,76 @@ pub struct CraneReplicaSetSpec {
     /// The Service that exposes the pods.
     #[serde(default)]
     pub service: ServiceSpec,
+
+    /// What happens to running pods when the template changes.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// What happens to running pods when the template changes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// OnDelete (default): running pods are left alone and new pods get the new template,
+    /// as with a ReplicationController. RollingUpdate: outdated pods are replaced.
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+    /// Budgets of a RollingUpdate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UpdateStrategyType {
+    #[default]
+    OnDelete,
+    RollingUpdate,
+}
+
+/// How fast a rolling update goes, as on a Deployment.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// Pods that may exist above `replicas` (a number, or a percentage of `replicas` rounded
+    /// up). Default 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods that may be unavailable below `replicas` (a number, or a percentage rounded
+    /// down). Default 25%. Not 0 when maxSurge is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+impl RollingUpdate {
+    /// (max surge, max unavailable) in pods for `replicas`, with a Deployment's rules.
+    pub fn budgets(&self, replicas: i32) -> (usize, usize) {
+        let replicas = usize::try_from(replicas).unwrap_or(0);
+        let percent = |pct: usize, round_up: bool| {
+            if round_up {
+                (replicas * pct).div_ceil(100)
+            } else {
+                replicas * pct / 100
+            }
+        };
+        let resolve = |v: &Option<IntOrString>, round_up: bool| match v {
+            None => percent(25, round_up),
+            Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(0),
+            Some(IntOrString::String(s)) => {
+                percent(s.trim_end_matches('%').parse().unwrap_or(0), round_up)
+            }
+        };
+        let surge = resolve(&self.max_surge, true);
+        let unavailable = resolve(&self.max_unavailable, false);
+        // Both zero would never move: allow one unavailable pod, as a Deployment does.
+        (
+            surge,
+            if surge == 0 && unavailable == 0 {
+                1
+            } else {
+                unavailable
+            },
+        )
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -200,6 +277,9 @@ pub struct CraneReplicaSetStatus {
     /// Active pods ready for at least minReadySeconds.
     #[serde(default)]
     pub available_replicas: i32,
+    /// Active pods made from the current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
     /// The selector in string form, for the scale subresource and HorizontalPodAutoscalers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -421,6 +501,38 @@ fn refine_schema(root: &mut Value) {
         "maxProperties",
         json!(MAX_LABELS),
     );
+    set(
+        prop(root, &["spec", "updateStrategy"]),
+        "default",
+        json!({}),
+    );
+    let count_or_percent = "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')";
+    for budget in ["maxSurge", "maxUnavailable"] {
+        add_rules(
+            prop(root, &["spec", "updateStrategy", "rollingUpdate", budget]),
+            vec![rule(
+                count_or_percent,
+                &format!(
+                    "spec.updateStrategy.rollingUpdate.{budget} must be a count of pods (0 or more) or a percentage such as 25%"
+                ),
+            )],
+        );
+    }
+    add_rules(
+        prop(root, &["spec", "updateStrategy"]),
+        vec![rule_at(
+            ".rollingUpdate",
+            "self.type == 'RollingUpdate' || !has(self.rollingUpdate)",
+            "spec.updateStrategy.rollingUpdate may only be set with type RollingUpdate",
+        )],
+    );
+    add_rules(
+        prop(root, &["spec", "updateStrategy", "rollingUpdate"]),
+        vec![rule(
+            "!(has(self.maxSurge) && has(self.maxUnavailable) && string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+            "spec.updateStrategy.rollingUpdate: maxSurge and maxUnavailable may not both be 0",
+        )],
+    );
     // Defaulting an absent `service` to {} lets the API server fill in its fields' defaults.
     set(prop(root, &["spec", "service"]), "default", json!({}));
 
@@ -552,6 +664,7 @@ mod tests {
                 "READY",
                 "EXTERNAL-IP",
                 "AGE",
+                "UP-TO-DATE",
                 "REASON"
             ]
         );
@@ -562,6 +675,36 @@ mod tests {
         let yaml = crd_yaml();
         assert!(yaml.len() < 200_000, "CRD is {} bytes", yaml.len());
         assert!(yaml.contains("Number of pods to keep alive."));
+    }
+
+    #[test]
+    fn rolling_update_budgets_resolve_like_a_deployment() {
+        let ru = |s: Option<IntOrString>, u: Option<IntOrString>| RollingUpdate {
+            max_surge: s,
+            max_unavailable: u,
+        };
+        assert_eq!(
+            ru(None, None).budgets(10),
+            (3, 2),
+            "25% surge rounds up, 25% unavailable down"
+        );
+        assert_eq!(
+            ru(Some(IntOrString::Int(0)), Some(IntOrString::Int(1))).budgets(10),
+            (0, 1)
+        );
+        assert_eq!(
+            ru(Some(IntOrString::String("50%".into())), None).budgets(3),
+            (2, 0)
+        );
+        assert_eq!(
+            ru(
+                Some(IntOrString::Int(0)),
+                Some(IntOrString::String("0%".into()))
+            )
+            .budgets(3),
+            (0, 1)
+        );
+        assert_eq!(ru(None, None).budgets(1), (1, 0));
     }
 
     #[test]

@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
 use crate::expectations::Expectations;
 use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
-use crate::planner::{self, Desired, Plan};
-use crate::pods::{PodFacts, new_pod, slim};
+use crate::planner::{self, Desired, Plan, Strategy};
+use crate::pods::{PodFacts, new_pod, slim, template_hash};
 use crate::service::{
     MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, service_name,
     service_status,
@@ -88,6 +88,8 @@ pub struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The pod issue reason last announced by an event, per CraneReplicaSet.
+    announced: Mutex<HashMap<String, Option<String>>>,
 }
 
 /// `namespace/name` of an object: the key of expectations and backoff.
@@ -218,23 +220,28 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .map(|p| PodFacts::from_pod(p))
         .collect();
+    let hash = template_hash(crs);
     let desired = Desired {
-        uid: &uid,
-        replicas: crs.spec.replicas,
-        selector: &selector,
-        deleting: false,
+        template_hash: &hash,
+        strategy: Strategy::of(&crs.spec.update_strategy, crs.spec.replicas),
+        min_ready_seconds: crs.spec.min_ready_seconds,
+        now: Timestamp::now(),
+        ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
     let plan = planner::plan(&desired, &pods, ctx.expectations.satisfied(&key));
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
-    let replica_failure = if plan.create > 0 {
-        create_pods(crs, ctx, &pod_api, plan.create).await
-    } else if !plan.delete.is_empty() {
-        delete_pods(crs, ctx, &pod_api, &plan.delete).await
-    } else {
-        None
+    // A rolling update may both create (within the surge) and delete (within the budget).
+    let created = match plan.create {
+        0 => None,
+        n => create_pods(crs, ctx, &pod_api, n).await,
     };
+    let deleted = match plan.delete.as_slice() {
+        [] => None,
+        victims => delete_pods(crs, ctx, &pod_api, victims).await,
+    };
+    let replica_failure = created.or(deleted);
     let (service, service_failure) = match sync_service(crs, ctx, &ns).await {
         Ok(service) => (service, None),
         Err(Error::Service { failure, .. }) => {
@@ -293,12 +300,27 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
 
 /// One event when the main reason pods are not ready changes (or goes away), never one
 /// per pod or per pass.
+///
+/// What was announced is remembered here, not read back from the status: the cached
+/// CraneReplicaSet may not show this process's last status write yet.
 async fn announce_pod_issues(crs: &CraneReplicaSet, ctx: &Context, new: &CraneReplicaSetStatus) {
-    let before = crs
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_issues.first())
-        .map(|i| i.reason.as_str());
+    let now_reason = new.pod_issues.first().map(|i| i.reason.clone());
+    let before = {
+        let mut announced = ctx.announced.lock().unwrap_or_else(|p| p.into_inner());
+        let from_status = || {
+            crs.status
+                .as_ref()
+                .and_then(|s| s.pod_issues.first())
+                .map(|i| i.reason.clone())
+        };
+        let before = announced
+            .get(&key_of(crs))
+            .cloned()
+            .unwrap_or_else(from_status);
+        announced.insert(key_of(crs), now_reason);
+        before
+    };
+    let before = before.as_deref();
     let message = || {
         new.conditions
             .iter()
@@ -853,6 +875,7 @@ pub async fn run(
         ),
         metrics,
         failures: Mutex::default(),
+        announced: Mutex::default(),
     });
     controller
         .reconcile_on(trigger_rx)

@@ -6,12 +6,29 @@
 
 use kube::core::{Selector, SelectorExt};
 
+use jiff::Timestamp;
+
+use crate::api::{UpdateStrategy, UpdateStrategyType};
 use crate::deletion_order::pods_to_delete;
-use crate::pods::{Controller, PodFacts};
+use crate::pods::{Controller, PodFacts, TEMPLATE_HASH_LABEL};
 
 /// At most this many pods are created or deleted in one pass, as kube-controller-manager's
 /// `BurstReplicas`: a large scale-up proceeds over several passes instead of one flood.
 pub const BURST_REPLICAS: usize = 500;
+
+/// How pods whose template is out of date are replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// Never: new pods get the new template (a ReplicationController's behaviour).
+    #[default]
+    OnDelete,
+    /// Replace them, at most `max_surge` pods above `replicas` and at most
+    /// `max_unavailable` below, as a Deployment does.
+    RollingUpdate {
+        max_surge: usize,
+        max_unavailable: usize,
+    },
+}
 
 /// What the planner needs of the CraneReplicaSet.
 #[derive(Clone, Debug)]
@@ -21,6 +38,52 @@ pub struct Desired<'a> {
     pub selector: &'a Selector,
     /// The CraneReplicaSet is being deleted: adopt nothing, scale nothing.
     pub deleting: bool,
+    /// The current template's hash (the [`TEMPLATE_HASH_LABEL`] of up-to-date pods).
+    pub template_hash: &'a str,
+    pub strategy: Strategy,
+    pub min_ready_seconds: i32,
+    /// The time availability is judged at (the planner has no clock of its own).
+    pub now: Timestamp,
+}
+
+impl Strategy {
+    /// The strategy a CraneReplicaSet asks for, its budgets resolved for `replicas`.
+    pub fn of(spec: &UpdateStrategy, replicas: i32) -> Self {
+        match spec.type_ {
+            UpdateStrategyType::OnDelete => Self::OnDelete,
+            UpdateStrategyType::RollingUpdate => {
+                let (max_surge, max_unavailable) = spec
+                    .rolling_update
+                    .clone()
+                    .unwrap_or_default()
+                    .budgets(replicas);
+                Self::RollingUpdate {
+                    max_surge,
+                    max_unavailable,
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Desired<'a> {
+    /// `replicas` pods of `selector` for the CraneReplicaSet `uid`, with OnDelete updates.
+    pub fn new(uid: &'a str, replicas: i32, selector: &'a Selector) -> Self {
+        Self {
+            uid,
+            replicas,
+            selector,
+            deleting: false,
+            template_hash: "",
+            strategy: Strategy::OnDelete,
+            min_ready_seconds: 0,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn is_current(&self, pod: &PodFacts) -> bool {
+        pod.labels.get(TEMPLATE_HASH_LABEL).map(String::as_str) == Some(self.template_hash)
+    }
 }
 
 /// The writes of one pass.
@@ -91,12 +154,63 @@ pub fn plan(desired: &Desired<'_>, pods: &[PodFacts], expectations_satisfied: bo
         return plan;
     }
     let want = usize::try_from(desired.replicas).unwrap_or(0);
+    if let Strategy::RollingUpdate {
+        max_surge,
+        max_unavailable,
+    } = desired.strategy
+    {
+        let (current, outdated): (Vec<&PodFacts>, Vec<&PodFacts>) =
+            active.iter().partition(|p| desired.is_current(p));
+        if !outdated.is_empty() {
+            roll(
+                &mut plan,
+                desired,
+                &active,
+                &current,
+                &outdated,
+                (want, max_surge, max_unavailable),
+            );
+            return plan;
+        }
+    }
     if active.len() < want {
         plan.create = (want - active.len()).min(BURST_REPLICAS);
     } else if active.len() > want {
         plan.delete = pods_to_delete(&active, (active.len() - want).min(BURST_REPLICAS));
     }
     plan
+}
+
+/// One step of a rolling update: create up-to-date pods within the surge, delete outdated
+/// ones within the unavailability budget. Outdated pods that are not available anyway go
+/// first and cost no budget, as in a Deployment.
+fn roll(
+    plan: &mut Plan,
+    desired: &Desired<'_>,
+    active: &[&PodFacts],
+    current: &[&PodFacts],
+    outdated: &[&PodFacts],
+    (want, max_surge, max_unavailable): (usize, usize, usize),
+) {
+    let available = |p: &PodFacts| p.is_available(desired.min_ready_seconds, desired.now);
+    plan.create = want
+        .saturating_sub(current.len())
+        .min((want + max_surge).saturating_sub(active.len()))
+        .min(BURST_REPLICAS);
+    let mut budget = active
+        .iter()
+        .filter(|p| available(p))
+        .count()
+        .saturating_sub(want.saturating_sub(max_unavailable));
+    for pod in pods_to_delete(outdated, outdated.len()) {
+        if !available(&pod) {
+            plan.delete.push(pod);
+        } else if budget > 0 {
+            budget -= 1;
+            plan.delete.push(pod);
+        }
+    }
+    plan.delete.truncate(BURST_REPLICAS);
 }
 
 /// Sizes of the create batches for `n` pods: 1, 2, 4, ... so that a systematic failure
@@ -125,12 +239,7 @@ mod tests {
     }
 
     fn desired(replicas: i32, selector: &Selector) -> Desired<'_> {
-        Desired {
-            uid: OURS,
-            replicas,
-            selector,
-            deleting: false,
-        }
+        Desired::new(OURS, replicas, selector)
     }
 
     fn names(pods: &[PodFacts]) -> Vec<&str> {
@@ -309,6 +418,84 @@ mod tests {
         assert_eq!(
             names(&plan(&desired(1, &sel), &pods, true).delete),
             ["unready", "cheap"]
+        );
+    }
+
+    fn version(name: &str, hash: &str) -> PodFacts {
+        let mut p = pod(name);
+        p.labels.insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+        p
+    }
+
+    fn rolling(
+        replicas: i32,
+        selector: &Selector,
+        max_surge: usize,
+        max_unavailable: usize,
+    ) -> Desired<'_> {
+        Desired {
+            template_hash: "new",
+            strategy: Strategy::RollingUpdate {
+                max_surge,
+                max_unavailable,
+            },
+            ..Desired::new(OURS, replicas, selector)
+        }
+    }
+
+    #[test]
+    fn on_delete_leaves_outdated_pods_alone() {
+        let sel = app_crane();
+        let d = Desired {
+            template_hash: "new",
+            ..desired(2, &sel)
+        };
+        let p = plan(&d, &[version("a", "old"), version("b", "old")], true);
+        assert_eq!((p.create, p.delete.len()), (0, 0));
+    }
+
+    #[test]
+    fn rolling_update_surges_then_replaces_within_the_budget() {
+        let sel = app_crane();
+        let old: Vec<PodFacts> = (0..10).map(|i| version(&format!("o{i}"), "old")).collect();
+        // 10 outdated and available, surge 3, unavailable 1: create 3, delete 1.
+        let p = plan(&rolling(10, &sel, 3, 1), &old, true);
+        assert_eq!((p.create, p.delete.len()), (3, 1));
+        // The 3 new ones are not ready yet: nothing more may go, and no more may come.
+        let mut pods = old[1..].to_vec();
+        pods.extend((0..3).map(|i| PodFacts {
+            ready_since: None,
+            ..version(&format!("n{i}"), "new")
+        }));
+        let p = plan(&rolling(10, &sel, 3, 1), &pods, true);
+        assert_eq!((p.create, p.delete.len()), (1, 0));
+    }
+
+    #[test]
+    fn rolling_update_deletes_unavailable_outdated_pods_for_free() {
+        let sel = app_crane();
+        let pods = vec![
+            PodFacts {
+                ready_since: None,
+                ..version("broken", "old")
+            },
+            version("ok", "old"),
+        ];
+        let p = plan(&rolling(2, &sel, 0, 0), &pods, true);
+        assert_eq!(names(&p.delete), ["broken"]);
+    }
+
+    #[test]
+    fn a_finished_rollout_is_plain_scaling() {
+        let sel = app_crane();
+        let pods: Vec<PodFacts> = (0..3).map(|i| version(&format!("n{i}"), "new")).collect();
+        let p = plan(&rolling(3, &sel, 1, 1), &pods, true);
+        assert_eq!(
+            p,
+            Plan {
+                active: 3,
+                ..Plan::default()
+            }
         );
     }
 

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use crate::api::CraneReplicaSet;
-use crate::service::{OWNER_LABEL, controller_ref};
+use crate::service::{OWNER_LABEL, controller_ref, fnv1a};
 
 /// Annotation with which users rank pods for scale-down (lower goes first), as on
 /// apps/v1 ReplicaSets.
@@ -46,6 +46,17 @@ impl Phase {
             Some(_) => Self::Unknown,
         }
     }
+}
+
+/// Label with the hash of the template a pod was made from, as Deployments'
+/// `pod-template-hash`: pods whose hash differs from the current template's are outdated.
+pub const TEMPLATE_HASH_LABEL: &str = "crane.dev/template-hash";
+
+/// The hash of a CraneReplicaSet's pod template, as it goes into [`TEMPLATE_HASH_LABEL`].
+pub fn template_hash(crs: &CraneReplicaSet) -> String {
+    let json = serde_json::to_vec(&crs.spec.template).unwrap_or_default();
+    // Stable across builds, and short enough for a label value.
+    format!("{:010x}", fnv1a(&json) & 0xff_ffff_ffff)
 }
 
 /// Why a pod is not ready, as `kubectl get pods` would show it (ImagePullBackOff,
@@ -196,6 +207,7 @@ pub fn new_pod(crs: &CraneReplicaSet) -> Pod {
     let template = crs.spec.template.metadata.clone().unwrap_or_default();
     let mut labels = template.labels.unwrap_or_default();
     labels.insert(OWNER_LABEL.into(), crs.name_any());
+    labels.insert(TEMPLATE_HASH_LABEL.into(), template_hash(crs));
     Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", crs.name_any())),

@@ -112,11 +112,14 @@ pub fn desired_service(crs: &CraneReplicaSet) -> Result<Service, ServiceError> {
 }
 
 /// FNV-1a: a stable fingerprint (std's hasher may change between Rust releases).
-fn fingerprint(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{hash:016x}")
+    })
+}
+
+fn fingerprint(bytes: &[u8]) -> String {
+    format!("{:016x}", fnv1a(bytes))
 }
 
 /// True when the live Service lacks something the desired one sets: then it is applied

@@ -12,7 +12,7 @@ use kube::core::Selector;
 
 use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, PodIssue, ServiceStatus};
 use crate::diagnostics;
-use crate::pods::PodFacts;
+use crate::pods::{PodFacts, TEMPLATE_HASH_LABEL, template_hash};
 
 /// The condition type that reports failed creations and deletions, as on ReplicaSets.
 pub const REPLICA_FAILURE: &str = "ReplicaFailure";
@@ -69,6 +69,7 @@ pub fn compute(
         .min();
     let previous = crs.status.clone().unwrap_or_default();
     let pod_issues = diagnostics::pod_issues(active.iter().copied());
+    let hash = template_hash(crs);
     let ready = count(&|p| p.is_ready());
     let pods_ready = pods_ready(crs.spec.replicas, active.len() as i32, ready, &pod_issues);
     let status = CraneReplicaSetStatus {
@@ -80,6 +81,7 @@ pub fn compute(
                 .all(|(k, v)| p.labels.get(k) == Some(v))
         }),
         ready_replicas: ready,
+        updated_replicas: count(&|p| p.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash)),
         available_replicas: count(&|p| p.is_available(min_ready, observed.now)),
         selector: Some(selector.to_string()),
         conditions: set_status_condition(

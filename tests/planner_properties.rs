@@ -126,7 +126,7 @@ proptest! {
     #[test]
     fn converges_without_overshoot((mut world, replicas) in arb_world()) {
         let sel = selector();
-        let d = Desired { uid: OURS, replicas, selector: &sel, deleting: false };
+        let d = Desired::new(OURS, replicas, &sel);
         let start = active_claimed(&world, &d);
         let others_before: Vec<PodFacts> =
             world.iter().filter(|p| p.controller == Controller::Uid("other".into())).cloned().collect();
@@ -163,12 +163,12 @@ proptest! {
         let mut history: Vec<Vec<PodFacts>> = vec![world.clone()];
         let (mut created, mut next) = (0usize, 0usize);
         let mut needed = {
-            let d = Desired { uid: OURS, replicas, selector: &sel, deleting: false };
+            let d = Desired::new(OURS, replicas, &sel);
             (replicas as usize).saturating_sub(active_claimed(&world, &d))
         };
         for pass in 0..20 {
             let want = if pass < 10 { replicas } else { rescale };
-            let d = Desired { uid: OURS, replicas: want, selector: &sel, deleting: false };
+            let d = Desired::new(OURS, want, &sel);
             if pass == 10 {
                 needed += (want as usize).saturating_sub(active_claimed(&world, &d).max(replicas as usize));
             }
@@ -197,7 +197,7 @@ proptest! {
             history.push(world.clone());
         }
         prop_assert!(created <= needed, "created {} but {} were needed", created, needed);
-        let d = Desired { uid: OURS, replicas: rescale, selector: &sel, deleting: false };
+        let d = Desired::new(OURS, rescale, &sel);
         prop_assert_eq!(active_claimed(&world, &d), rescale as usize);
     }
 }

@@ -29,7 +29,9 @@ async fn warning_events(env: &TestEnv, reason: &str) -> Result<usize, String> {
         .items
         .iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
-        .count())
+        // An event repeated as a series counts once per occurrence.
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count as usize))
+        .sum())
 }
 
 /// Waits until the top pod issue is `reason` with `count` pods, and PodsReady says so.

@@ -7,6 +7,7 @@ mod harness;
 mod operations;
 mod ownership;
 mod replicas;
+mod rollout;
 mod scale_up;
 mod service;
 mod validation;

@@ -66,6 +66,39 @@ fn cases() -> Vec<Case> {
             "spec.replicas",
         ),
         refuse(
+            "rollingUpdate budgets with the OnDelete strategy",
+            Op::Create(with("ondelete-budgets", |m| {
+                m["spec"]["updateStrategy"] =
+                    json!({"type": "OnDelete", "rollingUpdate": {"maxSurge": 1}})
+            })),
+            "spec.updateStrategy.rollingUpdate may only be set with type RollingUpdate",
+        ),
+        refuse(
+            "maxSurge and maxUnavailable both 0",
+            Op::Create(with(
+                "zero-budgets",
+                |m| m["spec"]["updateStrategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}),
+            )),
+            "may not both be 0",
+        ),
+        refuse(
+            "maxUnavailable that is neither a count nor a percentage",
+            Op::Create(with(
+                "bad-budget",
+                |m| {
+                    m["spec"]["updateStrategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "half"}})
+                },
+            )),
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+        ),
+        refuse(
+            "update strategy type Recreate",
+            Op::Create(with("recreate", |m| {
+                m["spec"]["updateStrategy"] = json!({"type": "Recreate"})
+            })),
+            "spec.updateStrategy.type",
+        ),
+        refuse(
             "replicas above 100000",
             Op::Create(with("huge", |m| m["spec"]["replicas"] = json!(100001))),
             "spec.replicas",
