@@ -4,10 +4,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit e2e crd bench build
+.PHONY: help cluster cluster-down run demo test lint unit chart e2e crd bench build
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 build: ## Build the operator binary
 	$(CARGO) build --release --locked
@@ -21,7 +21,7 @@ cluster-down: ## Stop the local control plane and remove its state
 run: ## Run the operator in the foreground (on the local cluster unless KUBECONFIG is set)
 	hack/run.sh
 
-demo: ## The book's walk-through, narrated, against a running operator (make run in another shell)
+demo: ## The book's walk-through, narrated (uses the operator of make run, or starts one)
 	hack/demo.sh
 
 crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
@@ -32,16 +32,19 @@ lint: ## rustfmt, clippy and shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install shellcheck" >&2; exit 1; }
-	shellcheck -x hack/*.sh tests/cluster/*.sh tests/kind/*.sh .ci/run
+	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/kind/*.sh .ci/run
 
 unit: ## Unit, property and generated-file tests (no cluster)
 	$(CARGO) test --locked --lib --bins --test generated --test planner_properties
+
+chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
+	tests/chart/test.sh
 
 e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
 	tests/cluster/smoke.sh
 	source tests/cluster/env.sh && $(CARGO) test --locked --test e2e -- --test-threads $(E2E_THREADS)
 
-test: lint unit e2e ## Everything CI runs
+test: lint unit chart e2e ## Everything CI runs
 
 bench: cluster ## Benchmarks against the native ReplicaSet controller
 	@echo "make bench: not implemented yet (issue: Measure it)" >&2; exit 1

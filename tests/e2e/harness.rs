@@ -121,6 +121,10 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_kubeconfig(namespace, extra_args, &kubeconfig_path())
+    }
+
+    fn spawn(namespace: &str, extra_args: &[&str], kubeconfig: &std::path::Path) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let logs = repo_root().join("target/e2e-logs");
@@ -136,7 +140,7 @@ impl Operator {
                 &metrics_addr,
             ])
             .args(extra_args)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,crane_operator=debug".into()),
@@ -586,4 +590,115 @@ impl Drop for PodsEverSeen {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the RBAC tests (rbac.rs): the operator run with another identity.
+
+impl Operator {
+    /// The operator binary for one namespace, with `kubeconfig` instead of the test
+    /// cluster's admin kubeconfig (e.g. a ServiceAccount token's).
+    pub fn start_with_kubeconfig(
+        namespace: &str,
+        extra_args: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Self {
+        Self::spawn(namespace, extra_args, kubeconfig)
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs a command from PATH (helm, kubectl) against the test cluster, with `stdin` piped in
+/// when given; returns stdout on success, stderr (plus stdout) on failure.
+pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("run {program}: {e} (is it on PATH? `source tests/cluster/env.sh` puts the cluster's there)")
+        });
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("the child's stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write the child's stdin");
+    }
+    let out = child.wait_with_output().expect("wait for the child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A kubeconfig for the test cluster's API server (server and CA of the admin
+/// kubeconfig's current context) that authenticates with `token` only, written to
+/// `target/e2e-kubeconfigs/<name>.kubeconfig`; returns its path.
+pub fn token_kubeconfig(name: &str, token: &str) -> PathBuf {
+    let admin_path = kubeconfig_path();
+    let admin = Kubeconfig::read_from(&admin_path)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", admin_path.display()));
+    let context_name = admin
+        .current_context
+        .clone()
+        .expect("the admin kubeconfig has a current-context");
+    let context = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .unwrap_or_else(|| panic!("no context {context_name} in {}", admin_path.display()));
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .unwrap_or_else(|| panic!("no cluster {} in {}", context.cluster, admin_path.display()));
+    let mut cluster_json = json!({"server": cluster.server.expect("the cluster has a server")});
+    if let Some(data) = cluster.certificate_authority_data {
+        cluster_json["certificate-authority-data"] = json!(data);
+    } else if let Some(file) = cluster.certificate_authority {
+        // A relative path is relative to the kubeconfig it was written in.
+        let file = admin_path
+            .parent()
+            .map_or_else(|| PathBuf::from(&file), |dir| dir.join(&file));
+        cluster_json["certificate-authority"] = json!(file);
+    }
+    if let Some(skip) = cluster.insecure_skip_tls_verify {
+        cluster_json["insecure-skip-tls-verify"] = json!(skip);
+    }
+    if let Some(tls_server_name) = cluster.tls_server_name {
+        cluster_json["tls-server-name"] = json!(tls_server_name);
+    }
+    // JSON is YAML: kubectl and kube-rs read it as a kubeconfig.
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster_json}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": "test", "user": name}}],
+        "current-context": name,
+    });
+    let dir = repo_root().join("target/e2e-kubeconfigs");
+    std::fs::create_dir_all(&dir).expect("create target/e2e-kubeconfigs");
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&kubeconfig).expect("serialize the kubeconfig"),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
 }

@@ -6,6 +6,7 @@ mod failures;
 mod harness;
 mod operations;
 mod ownership;
+mod rbac;
 mod replicas;
 mod rollout;
 mod scale_up;

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# Usage: tests/chart/test.sh                                   (make chart; part of make test)
+#
+# Checks of the Helm chart charts/crane-operator and the plain manifests/:
+#   - helm lint --strict with the default values and with variants; values.schema.json and
+#     the chart's own checks refuse bad values with a message;
+#   - manifests/ equal the chart's default render (tests/chart/compare.py; objects compared
+#     parsed, apart from the labels only Helm sets), and the chart's CRD equals
+#     manifests/crd.yaml apart from its labels and helm.sh/resource-policy: keep;
+#   - on the cluster (KUBECONFIG, else the local one: make cluster): the render passes
+#     `kubectl apply --server-side --dry-run=server`; helm install --wait, helm upgrade with
+#     changed values, helm uninstall, after which the CRD is still there.
+# The release and its namespace are both "crane-chart-test"; the namespace enforces the
+# restricted Pod Security Standard, so the operator's pods must pass it. A leftover of an
+# earlier run is removed first. The CRD is never deleted: the e2e tests use it.
+#
+# `helm test` is not run here: under kwok no container runs, and only Job pods ever reach
+# phase Succeeded (tests/cluster/kwok.yaml), so the test pod would stay Running until the
+# timeout. The check below only proves the hook is part of the release; tests/kind/e2e.sh
+# runs `helm test` for real.
+#
+# Ends with the line "N passed, M failed"; exits non-zero when anything failed.
+# Environment: CRANE_CHART_TIMEOUT  seconds for each helm --wait (default 120)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+# shellcheck source=SCRIPTDIR/../cluster/env.sh
+source "$root/tests/cluster/env.sh"
+
+case ${1:-} in
+  -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  '') ;;
+  *) echo "usage: tests/chart/test.sh (no arguments)" >&2; exit 2 ;;
+esac
+
+chart=$root/charts/crane-operator
+release=crane-chart-test
+ns=crane-chart-test
+crd=cranereplicasets.crane.dev
+timeout=${CRANE_CHART_TIMEOUT:-120}
+work=$(mktemp -d)
+passed=0
+failures=()
+why=
+note=
+
+now_ms() { date +%s%3N; }
+since() { local ms=$(($(now_ms) - $1)); printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10)); }
+k() { kubectl --request-timeout=30s "$@"; }
+# first N FILE: the first N lines of FILE on one line, for $why.
+first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
+
+# check NAME FUNCTION [ARGS...]: run one check, print its result and time. A failing check
+# sets $why to say what it saw; a passing one may set $note.
+check() {
+  local name=$1 t0
+  shift
+  why='' note=''
+  t0=$(now_ms)
+  if "$@"; then
+    passed=$((passed + 1))
+    printf 'ok    %-66s %s%s\n' "$name" "$(since "$t0")" "${note:+  ($note)}"
+  else
+    failures+=("$name: ${why:-failed}")
+    printf 'FAIL  %-66s %s\n      %s\n' "$name" "$(since "$t0")" "${why:-failed}"
+  fi
+}
+
+# poll SECONDS COMMAND...: retry COMMAND until it succeeds or time runs out.
+poll() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.5
+  done
+}
+
+summary() {
+  echo "${passed} passed, ${#failures[@]} failed"
+  if [ "${#failures[@]}" -gt 0 ]; then
+    printf '  failed: %s\n' "${failures[@]}"
+    exit 1
+  fi
+}
+
+released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
+# Never deletes the CRD: helm uninstall keeps it (helm.sh/resource-policy: keep).
+cleanup() {
+  local rc=$?
+  set +e
+  if released; then helm uninstall "$release" --namespace "$ns" --wait --timeout 60s >/dev/null 2>&1; fi
+  k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1
+  rm -rf "$work"
+  exit "$rc"
+}
+
+# --- checks without a cluster ------------------------------------------------------------
+
+# lint [--set K=V ...]
+lint() {
+  helm lint --strict "$chart" "$@" >"$work/lint" 2>&1 || { why=$(grep -E 'ERROR|WARNING|Error' "$work/lint" | head -n 3 | tr '\n' ' '); return 1; }
+}
+
+# refused PATTERN [--set K=V ...]: helm template fails, with a message matching PATTERN.
+refused() {
+  local pattern=$1
+  shift
+  if helm template "$release" "$chart" --namespace "$ns" "$@" >/dev/null 2>"$work/refused"; then
+    why="helm template $* succeeded"
+    return 1
+  fi
+  grep -qE "$pattern" "$work/refused" || { why="refused, but the message does not match /$pattern/: $(first 4 "$work/refused")"; return 1; }
+  note=$(grep -E "$pattern" "$work/refused" | head -n 1 | sed 's/^ *//; s/^- //' | cut -c1-90)
+}
+
+render_default() {
+  helm template crane-operator "$chart" --namespace crane-system >"$work/default.yaml" 2>"$work/err" ||
+    { why=$(first 3 "$work/err"); return 1; }
+}
+
+# compare MODE FILES...: tests/chart/compare.py; its output becomes $why or $note.
+compare() {
+  if python3 "$here/compare.py" "$@" >"$work/compare" 2>&1; then
+    note=$(tail -n 1 "$work/compare")
+  else
+    why="$(wc -l <"$work/compare") differences: $(first 6 "$work/compare")"
+    return 1
+  fi
+}
+
+servicemonitor_rendered() {
+  helm template "$release" "$chart" --namespace "$ns" --set serviceMonitor.enabled=true \
+    --api-versions monitoring.coreos.com/v1/ServiceMonitor --show-only templates/servicemonitor.yaml >"$work/sm" 2>&1 ||
+    { why=$(first 3 "$work/sm"); return 1; }
+  grep -q '^kind: ServiceMonitor' "$work/sm" || { why="no ServiceMonitor rendered"; return 1; }
+  # And none without the monitoring API (helm template's default capabilities).
+  if helm template "$release" "$chart" --namespace "$ns" --set serviceMonitor.enabled=true | grep -q '^kind: ServiceMonitor'; then
+    why="a ServiceMonitor is rendered although the cluster does not serve monitoring.coreos.com/v1"
+    return 1
+  fi
+}
+
+# --- checks on the cluster ---------------------------------------------------------------
+
+reachable() {
+  k get --raw /readyz >/dev/null 2>&1 && return
+  why="no API server answers (KUBECONFIG=$KUBECONFIG): start it with 'make cluster'"
+  return 1
+}
+
+namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
+fresh_namespace() {
+  if released; then
+    note="uninstalled a leftover release"
+    helm uninstall "$release" --namespace "$ns" --wait --timeout "${timeout}s" >/dev/null 2>"$work/err" ||
+      { why="cannot uninstall the leftover release: $(first 3 "$work/err")"; return 1; }
+  fi
+  if ! namespace_gone; then
+    note="${note:+$note, }deleted a leftover namespace"
+    k delete namespace "$ns" --wait=false >/dev/null
+    poll "$timeout" namespace_gone || { why="namespace $ns is still there after ${timeout} s"; return 1; }
+  fi
+  k create namespace "$ns" >/dev/null || { why="cannot create namespace $ns"; return 1; }
+  # As manifests/operator.yaml and tests/kind/e2e.sh do: the operator's pods must pass it.
+  k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted >/dev/null
+}
+
+# dry_run [--set K=V ...]: the render, applied with --dry-run=server (admission included).
+dry_run() {
+  helm template "$release" "$chart" --namespace "$ns" "$@" >"$work/render.yaml" 2>"$work/err" ||
+    { why=$(first 3 "$work/err"); return 1; }
+  k apply --server-side --dry-run=server -f "$work/render.yaml" >"$work/out" 2>&1 ||
+    { why=$(first 6 "$work/out"); return 1; }
+  # PSA warnings (restricted) are not failures of kubectl apply: make them failures.
+  ! grep -qi 'warning' "$work/out" || { why=$(grep -i warning "$work/out" | head -n 3 | tr '\n' ' '); return 1; }
+  note="$(grep -c . "$work/out") objects"
+}
+
+deployment_available() {
+  local want=$1 st
+  st=$(k -n "$ns" get deployment "$release-crane-operator" -o jsonpath='{.status.observedGeneration}={.metadata.generation} {.status.updatedReplicas}/{.status.readyReplicas}/{.status.availableReplicas} {.status.conditions[?(@.type=="Available")].status}' 2>/dev/null) || return 1
+  [[ $st =~ ^([0-9]+)=([0-9]+)\ $want/$want/$want\ True$ ]] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]
+}
+deployment_state() {
+  k -n "$ns" get deployment "$release-crane-operator" -o jsonpath='generation {.metadata.generation}, observed {.status.observedGeneration}, updated/ready/available {.status.updatedReplicas}/{.status.readyReplicas}/{.status.availableReplicas}, Available={.status.conditions[?(@.type=="Available")].status}' 2>&1
+}
+
+install() {
+  # --take-ownership: the e2e harness applies the CRD itself (field manager crane-e2e, no
+  # Helm ownership metadata), and Helm refuses to adopt such an object without it
+  # ("invalid ownership metadata"). Adopting it changes nothing in its spec (the same
+  # generated CRD), and helm.sh/resource-policy: keep makes uninstall leave it.
+  helm install "$release" "$chart" --namespace "$ns" --take-ownership \
+    --wait --timeout "${timeout}s" >"$work/out" 2>&1 ||
+    { why=$(first 6 "$work/out"); return 1; }
+  deployed 1
+}
+
+# deployed REVISION: helm status says the release is deployed at REVISION.
+deployed() {
+  local st
+  st=$(helm status "$release" --namespace "$ns" | sed -n 's/^\(STATUS\|REVISION\): //p' | paste -sd' ')
+  [ "$st" = "deployed $1" ] || { why="helm status: '$st', expected 'deployed $1'"; return 1; }
+}
+
+available() {
+  poll 30 deployment_available "$1" || { why=$(deployment_state); return 1; }
+  note=$(deployment_state | sed 's/.*updated/updated/')
+}
+
+crd_owned_by_release() {
+  local owner
+  owner=$(k get crd "$crd" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}/{.metadata.annotations.helm\.sh/resource-policy}')
+  [ "$owner" = "$release/keep" ] || { why="CRD annotations release-name/resource-policy: '$owner'"; return 1; }
+}
+
+test_hook_registered() {
+  helm get hooks "$release" --namespace "$ns" >"$work/hooks" 2>&1 || { why=$(first 3 "$work/hooks"); return 1; }
+  { grep -q "name: $release-crane-operator-test-readyz" "$work/hooks" && grep -q 'helm.sh/hook: test' "$work/hooks"; } ||
+    { why="no test hook pod in: $(first 8 "$work/hooks")"; return 1; }
+  note="helm test itself cannot pass under kwok: see the header"
+}
+
+upgrade() {
+  helm upgrade "$release" "$chart" --namespace "$ns" --reuse-values \
+    --set logFormat=text --set replicaCount=2 --wait --timeout "${timeout}s" >"$work/out" 2>&1 ||
+    { why=$(first 6 "$work/out"); return 1; }
+  deployed 2
+}
+
+upgraded_args() {
+  local args
+  args=$(k -n "$ns" get deployment "$release-crane-operator" -o jsonpath='{.spec.replicas} {.spec.template.spec.containers[0].args}')
+  [[ $args == "2 "*'"--log-format=text"'* ]] || { why="replicas and args: $args"; return 1; }
+  k -n "$ns" rollout status deployment "$release-crane-operator" --timeout "${timeout}s" >"$work/out" 2>&1 ||
+    { why=$(first 3 "$work/out"); return 1; }
+  note=$(tail -n 1 "$work/out")
+}
+
+uninstall() {
+  helm uninstall "$release" --namespace "$ns" --wait --timeout "${timeout}s" >"$work/out" 2>&1 ||
+    { why=$(first 6 "$work/out"); return 1; }
+  { grep -q "kept due to the resource policy" "$work/out" && grep -q "$crd" "$work/out"; } ||
+    { why="helm did not say it kept the CRD: $(first 6 "$work/out")"; return 1; }
+}
+
+left_over() {
+  {
+    k -n "$ns" get deployment,service,serviceaccount,role,rolebinding,pod -l "app.kubernetes.io/instance=$release" -o name
+    k get clusterrole,clusterrolebinding -l "app.kubernetes.io/instance=$release" -o name
+  } 2>/dev/null
+}
+nothing_left() { [ -z "$(left_over)" ]; }
+release_objects_gone() {
+  poll "$timeout" nothing_left || { why="left: $(left_over | tr '\n' ' ')"; return 1; }
+}
+
+crd_kept() {
+  local established
+  established=$(k get crd "$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>&1) ||
+    { why="the CRD is gone: $established"; return 1; }
+  [ "$established" = True ] || { why="the CRD is not Established: $established"; return 1; }
+  # Leave it as the e2e harness made it (manifests/crd.yaml has no labels): without the
+  # chart's labels and Helm's ownership metadata, so that nothing points at a release that
+  # is gone and a later `helm install` of another release needs no --take-ownership.
+  {
+    k label crd "$crd" helm.sh/chart- app.kubernetes.io/managed-by- app.kubernetes.io/name- \
+      app.kubernetes.io/instance- app.kubernetes.io/version- >/dev/null &&
+      k annotate crd "$crd" meta.helm.sh/release-name- meta.helm.sh/release-namespace- \
+        helm.sh/resource-policy- >/dev/null
+  } ||
+    { why="cannot remove the chart's labels and Helm's ownership metadata from the CRD"; return 1; }
+}
+
+namespace_deleted() {
+  k delete namespace "$ns" --wait=false >/dev/null || { why="cannot delete namespace $ns"; return 1; }
+  poll "$timeout" namespace_gone || { why="namespace $ns is still there after ${timeout} s"; return 1; }
+}
+
+# --- run ---------------------------------------------------------------------------------
+echo "chart tests: $chart (helm $(helm version --template '{{.Version}}'), KUBECONFIG=$KUBECONFIG)"
+trap 'rm -rf "$work"' EXIT
+check "helm lint --strict: defaults" lint
+check "helm lint --strict: watchNamespace=crane-watched" lint --set watchNamespace=crane-watched
+check "helm lint --strict: leaderElection.enabled=false" lint --set leaderElection.enabled=false
+check "helm lint --strict: rbac.create=false, serviceAccount.create=false" lint --set rbac.create=false --set serviceAccount.create=false
+check "helm lint --strict: serviceMonitor.enabled=true" lint --set serviceMonitor.enabled=true
+check "helm lint --strict: replicaCount=2, crds.enabled=false, logFormat=text" lint --set replicaCount=2 --set crds.enabled=false --set logFormat=text
+check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
+check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
+check "schema refuses logFormat=xml" refused "logFormat" --set logFormat=xml
+check "schema refuses an unknown value (replicas=3)" refused "additional ?propert.*replicas|replicas.*not allowed" --set replicas=3
+check "chart refuses replicaCount=2 without leader election" refused "needs leaderElection.enabled" --set replicaCount=2 --set leaderElection.enabled=false
+check "helm template: default render (crane-operator in crane-system)" render_default
+check "manifests/ equal the chart's default render" compare manifests "$work/default.yaml" "$root"/manifests/*.yaml
+check "the chart's CRD equals manifests/crd.yaml, with resource-policy keep" compare crd "$work/default.yaml" "$root/manifests/crd.yaml"
+
+check "API server reachable" reachable
+if [ "${#failures[@]}" -gt 0 ]; then summary; fi
+trap cleanup EXIT
+check "fresh namespace $ns (restricted Pod Security)" fresh_namespace
+check "server dry-run of the render: defaults (ClusterRole)" dry_run
+check "server dry-run of the render: watchNamespace=$ns (Role)" dry_run --set watchNamespace="$ns"
+check "server dry-run of the render: replicaCount=2, rbac.create=false" dry_run --set replicaCount=2 --set rbac.create=false --set serviceAccount.create=false
+check "helm install --wait --take-ownership" install
+check "Deployment available (1 replica)" available 1
+check "the release owns the CRD, with resource-policy keep" crd_owned_by_release
+check "helm test hook is part of the release" test_hook_registered
+check "helm upgrade --set logFormat=text,replicaCount=2 --wait" upgrade
+check "Deployment rolled out with 2 replicas and --log-format=text" upgraded_args
+check "Deployment available (2 replicas)" available 2
+check "helm uninstall --wait, keeping the CRD" uninstall
+check "the release's objects are gone (namespaced and cluster-wide)" release_objects_gone
+check "the CRD is still there and Established" crd_kept
+check "namespace $ns deleted" namespace_deleted
+summary
