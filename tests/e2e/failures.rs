@@ -331,3 +331,53 @@ async fn service_without_a_port_is_a_condition_not_a_crash() {
     }
     env.cleanup().await;
 }
+
+/// A CraneReplicaSet whose pods the API server always refuses costs a bounded number of
+/// requests (per-object exponential backoff: 1 s doubling to 60 s) and does not slow down
+/// a healthy one next to it.
+#[tokio::test]
+async fn a_permanently_failing_crane_replica_set_backs_off_and_delays_no_one() {
+    let env = TestEnv::new("backoff").await;
+    let operator = env
+        .operator
+        .as_ref()
+        .expect("this test reads its operator's metrics");
+    // Valid for the CRD, refused by the pod API (container names are RFC 1123 labels).
+    let mut broken = crane("broken", 3);
+    broken["spec"]["template"]["spec"]["containers"][0]["name"] = json!("Not_A_Name");
+    env.create(broken).await;
+    env.create(crane("healthy", 3)).await;
+    env.wait_ready("healthy", 3, SHORT).await;
+
+    let failed_passes = || async {
+        let text = operator.metrics().await?;
+        metric_value(
+            &text,
+            "crane_operator_reconcile_errors_total{reason=\"FailedCreate\"}",
+        )
+        .ok_or("no FailedCreate series".to_string())
+    };
+    let first = wait_for("the first failed pass", SHORT, || async {
+        let n = failed_passes().await?;
+        (n >= 1.0).then_some(n).ok_or(format!("{n}"))
+    })
+    .await;
+    // A measurement window, not a wait: the rate of failed passes is what is under test.
+    const WINDOW: Duration = Duration::from_secs(30);
+    tokio::time::sleep(WINDOW).await;
+    let passes = failed_passes().await.unwrap() - first;
+    // Backoff 1, 2, 4, 8, 16 s: about 5 passes in 30 s; each costs one pod create and one
+    // event write. Without backoff it would be hundreds.
+    eprintln!(
+        "permanently failing CraneReplicaSet: {passes} failed passes in {WINDOW:?} (~{} API requests/min)",
+        passes * 2.0 * 2.0
+    );
+    assert!(
+        passes <= 8.0,
+        "{passes} failed passes in {WINDOW:?}: the backoff is not working"
+    );
+    // The healthy one was served throughout, and still is.
+    env.kubectl(&["scale", "crs", "healthy", "--replicas=5"]);
+    env.wait_ready("healthy", 5, SHORT).await;
+    env.cleanup().await;
+}
