@@ -137,6 +137,19 @@ fn api_status(err: &kube::Error) -> Option<u16> {
 }
 
 impl Context {
+    /// Drops what is kept per CraneReplicaSet, once it is gone.
+    fn forget(&self, key: &str) {
+        self.expectations.forget(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// Publishes an event on the CraneReplicaSet. `related` names the pod or Service it
     /// concerns: events about different objects stay separate instead of being counted as
     /// a series of the first one.
@@ -201,7 +214,7 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     let key = key_of(crs);
     if crs.metadata.deletion_timestamp.is_some() {
         // The garbage collector removes the pods and the Service; adopt nothing meanwhile.
-        ctx.expectations.forget(&key);
+        ctx.forget(&key);
         return Ok(Action::await_change());
     }
     let ns = crs.namespace().unwrap_or_default();
@@ -877,6 +890,7 @@ pub async fn run(
         failures: Mutex::default(),
         announced: Mutex::default(),
     });
+    let state = ctx.clone();
     controller
         .reconcile_on(trigger_rx)
         .graceful_shutdown_on(shutdown)
@@ -886,7 +900,9 @@ pub async fn run(
                 Ok((obj, _)) => debug!(object = %obj, "reconciled"),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                    debug!(object = %obj, "gone")
+                    debug!(object = %obj, "gone");
+                    let ns = obj.namespace.as_deref().unwrap_or_default();
+                    state.forget(&format!("{ns}/{}", obj.name));
                 }
                 Err(e) => warn!(error = %e, "controller stream error (retried)"),
             }
