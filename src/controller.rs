@@ -36,6 +36,10 @@ pub const MANAGER: &str = "crane-operator";
 /// Per-object retry delays after failed passes: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// client-go's event correlator: this many alike events of one object are kept apart...
+const SIMILAR_EVENTS: u32 = 10;
+/// ...within this window; the rest are combined into one series.
+const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
 /// A periodic look at every CraneReplicaSet, as a safety net for missed events. It reads
 /// only caches and writes nothing in a steady state.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -85,11 +89,14 @@ pub struct Context {
     pods: Store<Pod>,
     services: Store<Service>,
     expectations: Arc<Expectations>,
-    recorder: Recorder,
+    /// To the event publisher (see [`publish_events`]).
+    events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
     metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
     announced: Mutex<HashMap<String, Option<String>>>,
+    /// Per CraneReplicaSet and event reason: when the window began, events in it.
+    similar: Mutex<HashMap<(String, String), (Instant, u32)>>,
 }
 
 /// `namespace/name` of an object: the key of expectations and backoff.
@@ -150,10 +157,12 @@ impl Context {
             .remove(key);
     }
 
-    /// Publishes an event on the CraneReplicaSet. `related` names the pod or Service it
-    /// concerns: events about different objects stay separate instead of being counted as
-    /// a series of the first one.
-    async fn event(
+    /// Publishes an event on the CraneReplicaSet, in the background: a reconcile pass never
+    /// waits for its events. `related` names the pod or Service it concerns, so that events
+    /// about different objects stay apart; as client-go's event correlator does, after
+    /// [`SIMILAR_EVENTS`] alike events on one object within [`SIMILAR_WINDOW`] the rest are
+    /// combined into one counted series.
+    fn event(
         &self,
         crs: &CraneReplicaSet,
         type_: EventType,
@@ -162,6 +171,11 @@ impl Context {
         note: String,
         related: Option<ObjectReference>,
     ) {
+        let (note, related) = match related {
+            Some(related) if !self.similar_event(&key_of(crs), reason) => (note, Some(related)),
+            Some(_) => (format!("(combined from similar events): {note}"), None),
+            None => (note, None),
+        };
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -169,9 +183,22 @@ impl Context {
             action: action.into(),
             secondary: related,
         };
-        if let Err(e) = self.recorder.publish(&ev, &crs.object_ref(&())).await {
-            warn!(object = %key_of(crs), reason, error = %e, "could not publish event");
+        // The publisher is gone only when the controller is shutting down.
+        let _ = self.events.send((ev, crs.object_ref(&())));
+    }
+
+    /// Counts an event of `reason` on `key`; true once there were already
+    /// [`SIMILAR_EVENTS`] of them within [`SIMILAR_WINDOW`].
+    fn similar_event(&self, key: &str, reason: &str) -> bool {
+        let mut similar = self.similar.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = similar
+            .entry((key.to_string(), reason.to_string()))
+            .or_insert((Instant::now(), 0));
+        if entry.0.elapsed() > SIMILAR_WINDOW {
+            *entry = (Instant::now(), 0);
         }
+        entry.1 += 1;
+        entry.1 > SIMILAR_EVENTS
     }
 }
 
@@ -266,8 +293,7 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
                 "Service",
                 note,
                 None,
-            )
-            .await;
+            );
             (None, Some(failure))
         }
         Err(e) => return Err(e),
@@ -350,8 +376,7 @@ async fn announce_pod_issues(crs: &CraneReplicaSet, ctx: &Context, new: &CraneRe
                 "Diagnose",
                 message(),
                 None,
-            )
-            .await;
+            );
         }
         (Some(_), None) => {
             let note = "no pod has a known problem any more".to_string();
@@ -362,8 +387,7 @@ async fn announce_pod_issues(crs: &CraneReplicaSet, ctx: &Context, new: &CraneRe
                 "Diagnose",
                 note,
                 None,
-            )
-            .await;
+            );
         }
         _ => {}
     }
@@ -473,8 +497,7 @@ async fn create_pods(
                         "Create",
                         note,
                         related,
-                    )
-                    .await;
+                    );
                 }
                 Err(e) => {
                     ctx.event(
@@ -484,8 +507,7 @@ async fn create_pods(
                         "Create",
                         format!("Error creating: {}", error_message(e)),
                         None,
-                    )
-                    .await;
+                    );
                 }
             }
             result
@@ -548,8 +570,7 @@ async fn delete_pods(
                     "Delete",
                     note,
                     related,
-                )
-                .await;
+                );
             }
             Err(e) if matches!(api_status(e), Some(404 | 409)) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
@@ -565,8 +586,7 @@ async fn delete_pods(
                     "Delete",
                     note,
                     related,
-                )
-                .await;
+                );
             }
         }
         result
@@ -617,8 +637,7 @@ async fn sync_service(
                     "Delete",
                     note,
                     related,
-                )
-                .await;
+                );
             }
             Err(e) if api_status(&e) == Some(404) => {}
             Err(e) => {
@@ -680,8 +699,7 @@ async fn sync_service(
             "Create",
             note,
             related,
-        )
-        .await;
+        );
     } else {
         info!(object = %key_of(crs), service = %name, "reverted changes to the service's owned fields");
     }
@@ -874,21 +892,27 @@ pub async fn run(
     );
     health.set_ready();
 
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        pods,
-        services,
-        expectations,
-        recorder: Recorder::new(
-            client,
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let publisher = tokio::spawn(publish_events(
+        Recorder::new(
+            client.clone(),
             Reporter {
                 controller: MANAGER.into(),
                 instance: config.instance,
             },
         ),
+        events_rx,
+    ));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods,
+        services,
+        expectations,
+        events: events_tx,
         metrics,
         failures: Mutex::default(),
         announced: Mutex::default(),
+        similar: Mutex::default(),
     });
     let state = ctx.clone();
     controller
@@ -910,7 +934,28 @@ pub async fn run(
         })
         .await;
     watches.abort();
+    // Let the events of the last passes out, but do not hang the shutdown on them.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
     info!("controller stopped");
+}
+
+/// Publishes events one at a time, in order: kube's `Recorder` counts a series by reading
+/// back its own last write, which concurrent publishing would race.
+async fn publish_events(
+    recorder: Recorder,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<(Event, ObjectReference)>,
+) {
+    while let Some((event, regarding)) = events.recv().await {
+        if let Err(e) = recorder.publish(&event, &regarding).await {
+            let object = format!(
+                "{}/{}",
+                regarding.namespace.unwrap_or_default(),
+                regarding.name.unwrap_or_default()
+            );
+            warn!(object, reason = %event.reason, error = %e, "could not publish event");
+        }
+    }
 }
 
 fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Error>) {

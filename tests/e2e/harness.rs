@@ -236,7 +236,9 @@ impl TestEnv {
     pub async fn new(test: &str) -> Self {
         let env = Self::without_operator(test).await;
         let operator = (!external_operator()).then(|| Operator::start(&env.ns, &[]));
-        Self { operator, ..env }
+        let mut env = env;
+        env.operator = operator;
+        env
     }
 
     /// The same, but no operator is started (tests that start their own).
@@ -353,7 +355,22 @@ impl TestEnv {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
     }
+}
 
+impl Drop for TestEnv {
+    /// A test that fails before `cleanup` must not leave its pods filling the cluster's
+    /// nodes for the tests after it.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kubectl")
+                .args(["delete", "namespace", &self.ns, "--wait=false"])
+                .env("KUBECONFIG", kubeconfig_path())
+                .output();
+        }
+    }
+}
+
+impl TestEnv {
     /// Runs kubectl against the test cluster in this namespace; returns stdout or fails.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new("kubectl")

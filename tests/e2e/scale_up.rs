@@ -59,5 +59,22 @@ async fn scale_from_0_to_200_creates_exactly_200_pods() {
         (200, 200, 200),
         "{st:?}"
     );
+    // As client-go's correlator: 10 separate SuccessfulCreate events (one per pod), then
+    // one combined series counting the other 190, not 200 event objects.
+    wait_for("200 creations in at most 11 events", SHORT, || async {
+        let events = env.events_for("crane", "SuccessfulCreate").await?;
+        let pods: Vec<_> = events
+            .iter()
+            .filter(|e| e.note.as_deref().is_some_and(|n| n.contains("pod")))
+            .collect();
+        let occurrences: i32 = pods
+            .iter()
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum();
+        (pods.len() <= 11 && occurrences == 200)
+            .then_some(())
+            .ok_or(format!("{} events for {occurrences} creations", pods.len()))
+    })
+    .await;
     env.cleanup().await;
 }
