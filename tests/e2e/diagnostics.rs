@@ -45,13 +45,7 @@ async fn wait_for_issue(
         &format!("{count} pods with {reason} in the status"),
         LONG,
         || async {
-            let st = env
-                .crs()
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status(name).await?;
             let ready = st
                 .conditions
                 .iter()
@@ -89,13 +83,7 @@ async fn fix(env: &TestEnv, name: &str, replicas: usize) {
     }
     env.wait_ready(name, replicas, LONG).await;
     wait_for("the issues to clear", SHORT, || async {
-        let st = env
-            .crs()
-            .get(name)
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = env.status(name).await?;
         let ready = st
             .conditions
             .iter()

@@ -51,13 +51,7 @@ async fn resource_quota_gives_failed_create_until_lifted() {
         || async {
             let pods = env.active_pods("crane").await?;
             let ready = pods.iter().filter(|p| is_ready(p)).count();
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             let cond = st
                 .conditions
                 .iter()
@@ -168,13 +162,7 @@ async fn failed_pods_are_replaced_and_not_counted() {
         || async {
             let pods = env.active_pods("crane").await?;
             let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             if names.len() == 2
                 && !names.contains(&victim_name)
                 && pods.iter().all(is_ready)
@@ -214,13 +202,7 @@ async fn failed_pods_are_replaced_and_not_counted() {
         "the status to count 2 replicas, not the Failed pod",
         SHORT,
         || async {
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             ((st.replicas, st.ready_replicas, st.available_replicas) == (2, 2, 2))
                 .then_some(())
                 .ok_or(seen(st))

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crane_operator::api::CraneReplicaSet;
+use crane_operator::api::{CraneReplicaSet, CraneReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -289,6 +289,13 @@ impl TestEnv {
 
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The status of the named CraneReplicaSet (empty while it has none), or what went
+    /// wrong reading it, for `wait_for`.
+    pub async fn status(&self, name: &str) -> Result<CraneReplicaSetStatus, String> {
+        let crs = self.crs().get(name).await.map_err(|e| e.to_string())?;
+        Ok(crs.status.unwrap_or_default())
     }
 
     /// Creates a CraneReplicaSet from JSON.

@@ -72,13 +72,7 @@ async fn on_delete_leaves_running_pods_alone_and_new_pods_get_the_new_template()
                     == Some("2")
             })
             .count();
-        let st = env
-            .crs()
-            .get("crane")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = env.status("crane").await?;
         (pods.len() == 2 && fresh == 1 && st.updated_replicas == 1)
             .then_some(())
             .ok_or(seen((pods.len(), fresh, st.updated_replicas)))
@@ -139,13 +133,7 @@ async fn rolling_update_keeps_nine_of_ten_ready_and_ends_on_the_new_template() {
         LONG,
         || async {
             let pods = env.active_pods("crane").await?;
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             let by_hash = hashes(&pods);
             let done = pods.len() == 10
                 && pods.iter().all(is_ready)

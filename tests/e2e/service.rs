@@ -53,13 +53,7 @@ async fn service_has_the_books_shape() {
         ("CraneReplicaSet", crs.uid().unwrap().as_str(), Some(true))
     );
     wait_for("status.service", SHORT, || async {
-        let st = env
-            .crs()
-            .get("crane")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
+        let st = env.status("crane").await?;
         match st.service {
             Some(s)
                 if s.name == "crane-http"
@@ -162,13 +156,7 @@ async fn disabled_service_is_removed() {
                 .await
                 .map_err(|e| e.to_string())?
                 .is_none();
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             (gone && st.service.is_none())
                 .then_some(())
                 .ok_or(format!("gone: {gone}, status: {:?}", st.service))
@@ -193,13 +181,7 @@ async fn load_balancer_address_shows_in_status_and_kubectl() {
         "the address in the CraneReplicaSet's status",
         SHORT,
         || async {
-            let st = env
-                .crs()
-                .get("crane")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
+            let st = env.status("crane").await?;
             let svc = st.service.unwrap_or_default();
             (svc.external_addresses == ["203.0.113.10"] && svc.external_ip == "203.0.113.10")
                 .then_some(())
