@@ -734,19 +734,42 @@ fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef<CraneReplicaSet>> {
     Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
 }
 
-/// Marks the pod events that the expectations wait for, and names the CraneReplicaSets to
-/// reconcile. Runs before the event reaches the pod cache, so "not in the cache yet" means
+/// What one pod event means for the controller.
+#[derive(Debug, Default, PartialEq)]
+struct PodEvent {
+    /// The CraneReplicaSets to reconcile.
+    triggers: Vec<ObjectRef<CraneReplicaSet>>,
+    /// A pod of this CraneReplicaSet appeared for the first time.
+    created: Option<String>,
+    /// This pod of this CraneReplicaSet went, or started terminating.
+    deleted: Option<(String, String)>,
+}
+
+impl PodEvent {
+    /// Records the observations. Called only after the pod cache has taken the event, as
+    /// client-go's handlers run after its indexer: a reconcile that finds its expectations
+    /// met must also find the pods in the cache, or it would create them again.
+    fn record(&self, expectations: &Expectations) {
+        if let Some(key) = &self.created {
+            expectations.creation_observed(key);
+        }
+        if let Some((key, uid)) = &self.deleted {
+            expectations.deletion_observed(key, uid);
+        }
+    }
+}
+
+/// Reads a pod event before it reaches the pod cache, so that "not in the cache yet" means
 /// "new".
 fn observe_pod_event(
     event: &watcher::Event<Pod>,
     cache: &Store<Pod>,
     crs_cache: &Store<CraneReplicaSet>,
-    expectations: &Expectations,
-) -> Vec<ObjectRef<CraneReplicaSet>> {
+) -> PodEvent {
     let (pod, deleted) = match event {
         watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => (pod, false),
         watcher::Event::Delete(pod) => (pod, true),
-        watcher::Event::Init | watcher::Event::InitDone => return Vec::new(),
+        watcher::Event::Init | watcher::Event::InitDone => return PodEvent::default(),
     };
     let uid = pod.uid().unwrap_or_default();
     match owner_of(pod) {
@@ -756,16 +779,15 @@ fn observe_pod_event(
                 owner.namespace.as_deref().unwrap_or_default(),
                 owner.name
             );
-            if deleted || pod.metadata.deletion_timestamp.is_some() {
-                expectations.deletion_observed(&key, &uid);
-            }
             let known = cache
                 .get(&ObjectRef::from_obj(pod))
                 .is_some_and(|p| p.uid().as_deref() == Some(uid.as_str()));
-            if !deleted && !known {
-                expectations.creation_observed(&key);
+            PodEvent {
+                triggers: vec![owner],
+                created: (!deleted && !known).then(|| key.clone()),
+                deleted: (deleted || pod.metadata.deletion_timestamp.is_some())
+                    .then_some((key, uid)),
             }
-            vec![owner]
         }
         // An orphan: every CraneReplicaSet in its namespace that selects it may adopt it.
         // (A pod with another controller is none of our business.)
@@ -775,17 +797,21 @@ fn observe_pod_event(
                 .iter()
                 .any(|o| o.controller == Some(true)) =>
         {
-            crs_cache
-                .state()
-                .iter()
-                .filter(|crs| crs.namespace() == pod.namespace())
-                .filter(|crs| {
-                    Selector::try_from(crs.label_selector()).is_ok_and(|s| s.matches(pod.labels()))
-                })
-                .map(|crs| ObjectRef::from_obj(crs.as_ref()))
-                .collect()
+            PodEvent {
+                triggers: crs_cache
+                    .state()
+                    .iter()
+                    .filter(|crs| crs.namespace() == pod.namespace())
+                    .filter(|crs| {
+                        Selector::try_from(crs.label_selector())
+                            .is_ok_and(|s| s.matches(pod.labels()))
+                    })
+                    .map(|crs| ObjectRef::from_obj(crs.as_ref()))
+                    .collect(),
+                ..PodEvent::default()
+            }
         }
-        None => Vec::new(),
+        None => PodEvent::default(),
     }
 }
 
@@ -818,7 +844,7 @@ pub async fn run(
     let expectations = Arc::new(Expectations::default());
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (pods, mut pod_writer) = reflector::store::<Pod>();
     let pod_stream = {
         let (cache, crs_cache, expectations, tx, health) = (
             pods.clone(),
@@ -833,17 +859,16 @@ pub async fn run(
         )
         .default_backoff()
         .modify(slim)
-        .map(move |event| {
-            if let Ok(event) = &event {
-                for owner in observe_pod_event(event, &cache, &crs_cache, &expectations) {
+        .for_each(move |event| {
+            watch_health(&health, "pods", event.as_ref().err());
+            if let Ok(event) = event {
+                let seen = observe_pod_event(&event, &cache, &crs_cache);
+                pod_writer.apply_watcher_event(&event);
+                seen.record(&expectations);
+                for owner in seen.triggers {
                     let _ = tx.unbounded_send(owner);
                 }
             }
-            event
-        })
-        .reflect(pod_writer)
-        .for_each(move |event| {
-            watch_health(&health, "pods", event.as_ref().err());
             future::ready(())
         })
     };
@@ -1004,22 +1029,22 @@ mod tests {
         let e = Expectations::default();
         e.expect_creations("default/crane", 1);
         let ev = watcher::Event::Apply(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
-        let triggered = observe_pod_event(&ev, &pods, &crs, &e);
-        assert_eq!(triggered, vec![ObjectRef::new("crane").within("default")]);
-        assert!(e.satisfied("default/crane"));
+        let seen = observe_pod_event(&ev, &pods, &crs);
+        assert_eq!(
+            seen.triggers,
+            vec![ObjectRef::new("crane").within("default")]
+        );
+        // Observed only once the cache has the pod: a reconcile that finds the
+        // expectations met must find the pod too.
+        assert!(!e.satisfied("default/crane"));
         writer.apply_watcher_event(&ev);
+        seen.record(&e);
+        assert!(e.satisfied("default/crane"));
+        assert!(pods.get(&ObjectRef::new("a").within("default")).is_some());
         // The same pod again (an update) is not a second creation.
         e.expect_creations("default/crane", 1);
-        observe_pod_event(&ev, &pods, &crs, &e);
+        observe_pod_event(&ev, &pods, &crs).record(&e);
         assert!(!e.satisfied("default/crane"));
-    }
-
-    #[test]
-    fn event_notes_fit_in_one_kilobyte() {
-        let long = "é".repeat(800);
-        let note = truncate_note(long);
-        assert!(note.len() <= 1024 && note.ends_with('…'));
-        assert_eq!(truncate_note("short".into()), "short");
     }
 
     #[test]
@@ -1028,17 +1053,24 @@ mod tests {
         let e = Expectations::default();
         e.expect_deletions("default/crane", ["uid-a"]);
         let ev = watcher::Event::Delete(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
-        observe_pod_event(&ev, &pods, &crs, &e);
+        observe_pod_event(&ev, &pods, &crs).record(&e);
         assert!(e.satisfied("default/crane"));
     }
 
     #[test]
     fn orphans_trigger_the_replica_sets_that_select_them_and_others_pods_nothing() {
         let (pods, _, crs) = stores();
-        let e = Expectations::default();
         let orphan = watcher::Event::Apply(pod("o", None));
-        assert_eq!(observe_pod_event(&orphan, &pods, &crs, &e).len(), 1);
+        assert_eq!(observe_pod_event(&orphan, &pods, &crs).triggers.len(), 1);
         let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));
-        assert!(observe_pod_event(&theirs, &pods, &crs, &e).is_empty());
+        assert_eq!(observe_pod_event(&theirs, &pods, &crs), PodEvent::default());
+    }
+
+    #[test]
+    fn event_notes_fit_in_one_kilobyte() {
+        let long = "é".repeat(800);
+        let note = truncate_note(long);
+        assert!(note.len() <= 1024 && note.ends_with('…'));
+        assert_eq!(truncate_note("short".into()), "short");
     }
 }
