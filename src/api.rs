@@ -78,8 +78,7 @@ use serde_json::{Value, json};
         name = "Reason",
         type_ = "string",
         json_path = ".status.podIssues[0].reason",
-        description = "Why the most pods are not ready",
-        priority = "1"
+        description = "Why the most pods are not ready"
     )
 )]
 #[serde(rename_all = "camelCase")]

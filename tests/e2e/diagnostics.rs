@@ -103,11 +103,11 @@ async fn image_pull_backoff_is_reported_with_a_hint_and_clears_when_fixed() {
     let issue = wait_for_issue(&env, "crane", "ImagePullBackOff", 2).await;
     assert!(issue.hint.contains("registry"), "{issue:?}");
     assert!(issue.example_pod.starts_with("crane-"), "{issue:?}");
-    let wide = env.kubectl(&["get", "crs", "crane", "-o", "wide"]);
-    assert!(wide.lines().next().unwrap().contains("REASON"), "{wide}");
+    let table = env.kubectl(&["get", "crs", "crane"]);
+    assert!(table.lines().next().unwrap().contains("REASON"), "{table}");
     assert!(
-        wide.contains("ImagePullBackOff"),
-        "kubectl get crs -o wide: {wide}"
+        table.contains("ImagePullBackOff"),
+        "kubectl get crs: {table}"
     );
     wait_for("one ImagePullBackOff event", SHORT, || async {
         match warning_events(&env, "ImagePullBackOff").await? {

@@ -95,7 +95,15 @@ async fn kubectl_scale_follows() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "DESIRED", "CURRENT", "READY", "EXTERNAL-IP", "AGE"]
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "EXTERNAL-IP",
+            "AGE",
+            "REASON"
+        ]
     );
     env.cleanup().await;
 }
