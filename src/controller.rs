@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -24,9 +24,10 @@ use crate::expectations::Expectations;
 use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
 use crate::planner::{self, Desired, Plan, Strategy};
 use crate::pods::{PodFacts, new_pod, slim, template_hash};
+use crate::recorder::{self, Series};
 use crate::service::{
-    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, service_name,
-    service_status,
+    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, port_missing,
+    service_name, service_status,
 };
 use crate::status::{self, Failure, Observed};
 
@@ -40,6 +41,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const SIMILAR_EVENTS: u32 = 10;
 /// ...within this window; the rest are combined into one series.
 const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
+/// How long in-flight passes may take to finish after a shutdown request (Kubernetes gives
+/// a pod 30 s between SIGTERM and SIGKILL).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// A periodic look at every CraneReplicaSet, as a safety net for missed events. It reads
 /// only caches and writes nothing in a steady state.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -89,7 +93,7 @@ pub struct Context {
     pods: Store<Pod>,
     services: Store<Service>,
     expectations: Arc<Expectations>,
-    /// To the event publisher (see [`publish_events`]).
+    /// To the event publisher (see [`recorder::publish`]).
     events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
     metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
@@ -680,6 +684,21 @@ async fn sync_service(
         if !has_drifted(live, &desired) {
             return Ok(Some(service_status(live)));
         }
+        if port_missing(live, &desired) {
+            // Someone edited the port: put the whole list back first (a JSON merge patch
+            // replaces lists), then apply as usual.
+            let ports = json!({"spec": {"ports": desired.spec.as_ref().map(|s| &s.ports)}});
+            api.patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&ports),
+            )
+            .await
+            .map_err(kube_err("restore the ports of", format!("service {name}")))?;
+        }
     }
     let applied = api
         .patch(
@@ -688,7 +707,22 @@ async fn sync_service(
             &Patch::Apply(&desired),
         )
         .await
-        .map_err(kube_err("apply", format!("service {name}")))?;
+        .map_err(|e| match api_status(&e) {
+            // Refused for what the CraneReplicaSet asks (an invalid Service, or one its
+            // quota or policy forbids): retrying alone will not help, so say so.
+            Some(code @ (400 | 403 | 422)) => Error::Service {
+                object: key_of(crs),
+                failure: Failure {
+                    reason: if code == 403 {
+                        "ServiceForbidden"
+                    } else {
+                        "InvalidService"
+                    },
+                    message: format!("Service {name} was refused: {}", error_message(&e)),
+                },
+            },
+            _ => kube_err("apply", format!("service {name}"))(e),
+        })?;
     if live.is_none() {
         let note = format!("Created service: {name}");
         let related = Some(applied.object_ref(&()));
@@ -839,7 +873,8 @@ pub async fn run(
         api_for::<CraneReplicaSet>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+    .trigger_backoff(watch_backoff());
     let crs_cache = controller.store();
     let expectations = Arc::new(Expectations::default());
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
@@ -857,7 +892,7 @@ pub async fn run(
             api_for::<Pod>(&client, ns),
             watcher::Config::default().any_semantic(),
         )
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(slim)
         .for_each(move |event| {
             watch_health(&health, "pods", event.as_ref().err());
@@ -880,7 +915,7 @@ pub async fn run(
             api_for::<Service>(&client, ns),
             watcher::Config::default().labels(&selector).any_semantic(),
         )
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|s| s.metadata.managed_fields = None)
         .reflect(service_writer)
         .for_each(move |event| {
@@ -905,7 +940,17 @@ pub async fn run(
         namespace = ns.unwrap_or("<all>"),
         "waiting for the pod and service caches to sync"
     );
-    let synced = future::join(pods.wait_until_ready(), services.wait_until_ready()).await;
+    // SIGTERM (or a lost lease) may come before the caches sync, e.g. while the API
+    // server is down: stop then too.
+    let shutdown = shutdown.boxed().shared();
+    let synced = tokio::select! {
+        synced = future::join(pods.wait_until_ready(), services.wait_until_ready()) => synced,
+        () = shutdown.clone() => {
+            watches.abort();
+            info!("stopped before the caches synced");
+            return;
+        }
+    };
     if let (Err(e), _) | (_, Err(e)) = synced {
         warn!(error = %e, "a cache writer went away before syncing");
         return;
@@ -918,14 +963,9 @@ pub async fn run(
     health.set_ready();
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let publisher = tokio::spawn(publish_events(
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: config.instance,
-            },
-        ),
+    let publisher = tokio::spawn(recorder::publish(
+        client.clone(),
+        Series::new(MANAGER, config.instance),
         events_rx,
     ));
     let ctx = Arc::new(Context {
@@ -942,8 +982,20 @@ pub async fn run(
     let state = ctx.clone();
     controller
         .reconcile_on(trigger_rx)
-        .graceful_shutdown_on(shutdown)
+        // kube's runner holds queued passes until the CraneReplicaSet cache is ready, and a
+        // shutdown stops the watch that would make it ready: let it sync first (briefly).
+        .graceful_shutdown_on({
+            let (shutdown, crs_cache) = (shutdown.clone(), crs_cache.clone());
+            async move {
+                shutdown.await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), crs_cache.wait_until_ready())
+                    .await;
+            }
+        })
         .run(reconcile, error_policy, ctx)
+        // In-flight passes get a grace period to finish; one stuck on an unreachable API
+        // server must not keep the process alive past it.
+        .take_until(shutdown.then(|()| tokio::time::sleep(SHUTDOWN_GRACE)))
         .for_each(|result| {
             match result {
                 Ok((obj, _)) => debug!(object = %obj, "reconciled"),
@@ -965,22 +1017,17 @@ pub async fn run(
     info!("controller stopped");
 }
 
-/// Publishes events one at a time, in order: kube's `Recorder` counts a series by reading
-/// back its own last write, which concurrent publishing would race.
-async fn publish_events(
-    recorder: Recorder,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<(Event, ObjectReference)>,
-) {
-    while let Some((event, regarding)) = events.recv().await {
-        if let Err(e) = recorder.publish(&event, &regarding).await {
-            let object = format!(
-                "{}/{}",
-                regarding.namespace.unwrap_or_default(),
-                regarding.name.unwrap_or_default()
-            );
-            warn!(object, reason = %event.reason, error = %e, "could not publish event");
-        }
-    }
+/// Retry delays of a failed watch: client-go's reflector doubles from 0.8 s up to 30 s,
+/// which after a brief API server restart leaves the operator blind for up to half a
+/// minute; one operator's watches are few, so this stops at 5 s.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Error>) {

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod pods;
+pub mod recorder;
 pub mod service;
 pub mod status;
 pub mod telemetry;

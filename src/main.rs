@@ -171,7 +171,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         let _ = release_tx.send(true);
-        let _ = election.await;
+        // Releasing the lease needs the API server; without it the lease expires by itself.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
     }
     server
         .await

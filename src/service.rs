@@ -122,6 +122,28 @@ fn fingerprint(bytes: &[u8]) -> String {
     format!("{:016x}", fnv1a(bytes))
 }
 
+/// Whether a port the Service must have is gone from the live one (edited or removed).
+/// Server-side apply alone cannot bring it back when the edit kept the port's name: the
+/// merged list would have two ports of one name, which the API server refuses.
+pub fn port_missing(live: &Service, desired: &Service) -> bool {
+    let ports = |s: &Service| {
+        s.spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let have = ports(live);
+    !ports(desired).iter().all(|want| {
+        have.iter().any(|have| {
+            have.port == want.port
+                && have.protocol.as_deref().unwrap_or("TCP")
+                    == want.protocol.as_deref().unwrap_or("TCP")
+                && have.target_port == want.target_port
+        })
+    })
+}
+
 /// True when the live Service lacks something the desired one sets: then it is applied
 /// again. Fields the controller does not set (other ports, other annotations) are ignored.
 pub fn has_drifted(live: &Service, desired: &Service) -> bool {
@@ -131,14 +153,7 @@ pub fn has_drifted(live: &Service, desired: &Service) -> bool {
     let (Some(ls), Some(ds)) = (live.spec.as_ref(), desired.spec.as_ref()) else {
         return true;
     };
-    let port_present = ds.ports.iter().flatten().all(|want| {
-        ls.ports.iter().flatten().any(|have| {
-            have.port == want.port
-                && have.protocol.as_deref().unwrap_or("TCP")
-                    == want.protocol.as_deref().unwrap_or("TCP")
-                && have.target_port == want.target_port
-        })
-    });
+    let port_present = !port_missing(live, desired);
     let owned = desired.owner_references().iter().all(|want| {
         live.owner_references()
             .iter()

@@ -1,0 +1,288 @@
+//! Publishes events (events.k8s.io/v1) as client-go's `tools/events` broadcaster does:
+//! the first occurrence is created, a repeat within [`SERIES_TTL`] only counts in memory,
+//! and counted series are written back at most once per [`FLUSH`]. A burst of a thousand
+//! alike events costs two writes, not a thousand PATCHes (which is what a PATCH per
+//! occurrence, as kube's `Recorder` does, costs an API server at scale).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::warn;
+
+/// A repeat of an event seen within this time joins its series (client-go: 6 minutes).
+pub const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
+/// How often the counts of growing series are written back.
+pub const FLUSH: Duration = Duration::from_secs(5);
+
+/// An object reference's kind, namespace, name and uid.
+type RefKey = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// What makes two events the same (client-go's `getKey`, as kube's `Recorder`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    type_: &'static str,
+    reason: String,
+    action: String,
+    regarding: RefKey,
+    related: Option<RefKey>,
+}
+
+fn reference_key(
+    r: &ObjectReference,
+) -> (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+) {
+    (
+        r.kind.clone(),
+        r.namespace.clone(),
+        r.name.clone(),
+        r.uid.clone(),
+    )
+}
+
+fn type_name(t: EventType) -> &'static str {
+    match t {
+        EventType::Normal => "Normal",
+        EventType::Warning => "Warning",
+    }
+}
+
+/// A published event and whether its series has counts not yet written.
+struct Published {
+    event: K8sEvent,
+    last_seen: Timestamp,
+    dirty: bool,
+}
+
+/// What to do with one occurrence.
+#[derive(Debug, PartialEq)]
+pub enum Write {
+    /// A new event: create it.
+    Create(Box<K8sEvent>),
+    /// Counted in memory; written at the next flush.
+    Counted,
+}
+
+/// The series bookkeeping, apart from the API calls.
+pub struct Series {
+    controller: String,
+    instance: String,
+    published: HashMap<Key, Published>,
+}
+
+impl Series {
+    pub fn new(controller: &str, instance: Option<String>) -> Self {
+        Series {
+            controller: controller.into(),
+            instance: instance.unwrap_or_else(|| controller.into()),
+            published: HashMap::new(),
+        }
+    }
+
+    fn key(ev: &Event, regarding: &ObjectReference) -> Key {
+        Key {
+            type_: type_name(ev.type_),
+            reason: ev.reason.clone(),
+            action: ev.action.clone(),
+            regarding: reference_key(regarding),
+            related: ev.secondary.as_ref().map(reference_key),
+        }
+    }
+
+    /// Takes one occurrence at `now`.
+    pub fn observe(&mut self, ev: &Event, regarding: &ObjectReference, now: Timestamp) -> Write {
+        let key = Self::key(ev, regarding);
+        if let Some(p) = self.published.get_mut(&key)
+            && p.last_seen + SERIES_TTL > now
+        {
+            let series = p.event.series.get_or_insert(EventSeries {
+                count: 1,
+                last_observed_time: MicroTime(now),
+            });
+            series.count += 1;
+            series.last_observed_time = MicroTime(now);
+            p.last_seen = now;
+            p.dirty = true;
+            return Write::Counted;
+        }
+        let event = K8sEvent {
+            action: Some(ev.action.clone()),
+            reason: Some(ev.reason.clone()),
+            note: ev.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            related: ev.secondary.clone(),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(type_name(ev.type_).into()),
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now.as_nanosecond()
+                )),
+                ..ObjectMeta::default()
+            },
+            ..K8sEvent::default()
+        };
+        self.published.insert(
+            key,
+            Published {
+                event: event.clone(),
+                last_seen: now,
+                dirty: false,
+            },
+        );
+        Write::Create(Box::new(event))
+    }
+
+    /// The series whose counts grew since the last flush (now marked written), and
+    /// forgets the series that ended.
+    pub fn flush(&mut self, now: Timestamp) -> Vec<K8sEvent> {
+        self.published
+            .retain(|_, p| p.dirty || p.last_seen + SERIES_TTL > now);
+        self.published
+            .values_mut()
+            .filter(|p| p.dirty)
+            .map(|p| {
+                p.dirty = false;
+                p.event.clone()
+            })
+            .collect()
+    }
+}
+
+/// Publishes events one at a time, in order, until the channel closes; then writes what
+/// is still counted.
+pub async fn publish(
+    client: Client,
+    mut series: Series,
+    mut events: UnboundedReceiver<(Event, ObjectReference)>,
+) {
+    let mut tick = tokio::time::interval(FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = events.recv() => match next {
+                Some((ev, regarding)) => {
+                    if let Write::Create(event) = series.observe(&ev, &regarding, Timestamp::now()) {
+                        let api: Api<K8sEvent> = Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
+                        if let Err(e) = api.create(&PostParams::default(), &event).await {
+                            warn!(object = regarding_name(&regarding), reason = %ev.reason, error = %e, "could not publish event");
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => write_series(&client, series.flush(Timestamp::now())).await,
+        }
+    }
+    write_series(&client, series.flush(Timestamp::now())).await;
+}
+
+async fn write_series(client: &Client, events: Vec<K8sEvent>) {
+    for event in events {
+        let api: Api<K8sEvent> =
+            Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
+        let patch = json!({"series": event.series});
+        if let Err(e) = api
+            .patch(
+                &event.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            let regarding = event.regarding.clone().unwrap_or_default();
+            warn!(object = regarding_name(&regarding), reason = ?event.reason, error = %e, "could not update event series");
+        }
+    }
+}
+
+fn regarding_name(r: &ObjectReference) -> String {
+    format!(
+        "{}/{}",
+        r.namespace.as_deref().unwrap_or_default(),
+        r.name.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(reason: &str) -> Event {
+        Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some("n".into()),
+            action: "Create".into(),
+            secondary: None,
+        }
+    }
+
+    fn crs() -> ObjectReference {
+        ObjectReference {
+            kind: Some("CraneReplicaSet".into()),
+            namespace: Some("ns".into()),
+            name: Some("crane".into()),
+            uid: Some("u".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    #[test]
+    fn a_thousand_alike_events_are_one_create_and_one_series_write() {
+        let mut s = Series::new("crane-operator", None);
+        let t0 = Timestamp::now();
+        assert!(matches!(
+            s.observe(&ev("SuccessfulCreate"), &crs(), t0),
+            Write::Create(_)
+        ));
+        for _ in 1..1000 {
+            assert_eq!(
+                s.observe(&ev("SuccessfulCreate"), &crs(), t0),
+                Write::Counted
+            );
+        }
+        let flushed = s.flush(t0);
+        assert_eq!(flushed.len(), 1);
+        assert_eq!(flushed[0].series.as_ref().unwrap().count, 1000);
+        assert!(s.flush(t0).is_empty(), "nothing new, nothing written");
+    }
+
+    #[test]
+    fn a_different_reason_or_an_ended_series_is_a_new_event() {
+        let mut s = Series::new("crane-operator", None);
+        let t0 = Timestamp::now();
+        s.observe(&ev("SuccessfulCreate"), &crs(), t0);
+        assert!(matches!(
+            s.observe(&ev("FailedCreate"), &crs(), t0),
+            Write::Create(_)
+        ));
+        let later = t0 + SERIES_TTL + SignedDuration::from_secs(1);
+        assert!(s.flush(later).is_empty());
+        assert!(matches!(
+            s.observe(&ev("SuccessfulCreate"), &crs(), later),
+            Write::Create(_)
+        ));
+    }
+}
