@@ -23,7 +23,8 @@ use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
 use crate::expectations::Expectations;
 use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
 use crate::planner::{self, Desired, Plan, Strategy};
-use crate::pods::{PodFacts, new_pod, slim, template_hash};
+use crate::pod_cache::PodCache;
+use crate::pods::{PodFacts, new_pod, template_hash};
 use crate::recorder::{self, Series};
 use crate::service::{
     MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, port_missing,
@@ -90,7 +91,7 @@ pub struct Config {
 /// Shared by every reconcile pass.
 pub struct Context {
     client: Client,
-    pods: Store<Pod>,
+    pods: Arc<PodCache>,
     services: Store<Service>,
     expectations: Arc<Expectations>,
     /// To the event publisher (see [`recorder::publish`]).
@@ -257,13 +258,7 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
                 object: key.clone(),
                 message: e.to_string(),
             })?;
-    let pods: Vec<PodFacts> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .map(|p| PodFacts::from_pod(p))
-        .collect();
+    let pods = ctx.pods.candidates(&ns, &uid);
     let hash = template_hash(crs);
     let desired = Desired {
         template_hash: &hash,
@@ -312,7 +307,10 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     };
     let (new_status, recheck) = status::compute(crs, &selector, observed);
     announce_pod_issues(crs, ctx, &new_status).await;
-    if crs.status.as_ref() != Some(&new_status) {
+    // A pass that created or deleted pods computed the status from before its own writes;
+    // the watch events of those pods trigger the pass that writes the status as it is.
+    let acted = plan.create > 0 || !plan.delete.is_empty();
+    if crs.status.as_ref() != Some(&new_status) && !(acted && replica_failure.is_none()) {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch =
             json!({"apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet", "status": new_status});
@@ -484,11 +482,15 @@ async fn create_pods(
     let key = key_of(crs);
     let pod = new_pod(crs);
     ctx.expectations.expect_creations(&key, n);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
     let mut issued = 0;
     for batch in planner::slow_start_batches(n) {
         issued += batch;
         let results = future::join_all((0..batch).map(|_| async {
-            let result = api.create(&PostParams::default(), &pod).await;
+            let result = api.create(&params, &pod).await;
             match &result {
                 Ok(created) => {
                     ctx.metrics.pods_created.inc();
@@ -797,7 +799,7 @@ impl PodEvent {
 /// "new".
 fn observe_pod_event(
     event: &watcher::Event<Pod>,
-    cache: &Store<Pod>,
+    cache: &PodCache,
     crs_cache: &Store<CraneReplicaSet>,
 ) -> PodEvent {
     let (pod, deleted) = match event {
@@ -814,8 +816,9 @@ fn observe_pod_event(
                 owner.name
             );
             let known = cache
-                .get(&ObjectRef::from_obj(pod))
-                .is_some_and(|p| p.uid().as_deref() == Some(uid.as_str()));
+                .uid(&pod.namespace().unwrap_or_default(), &pod.name_any())
+                .as_deref()
+                == Some(uid.as_str());
             PodEvent {
                 triggers: vec![owner],
                 created: (!deleted && !known).then(|| key.clone()),
@@ -879,7 +882,7 @@ pub async fn run(
     let expectations = Arc::new(Expectations::default());
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
-    let (pods, mut pod_writer) = reflector::store::<Pod>();
+    let pods = Arc::new(PodCache::default());
     let pod_stream = {
         let (cache, crs_cache, expectations, tx, health) = (
             pods.clone(),
@@ -893,12 +896,11 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .backoff(watch_backoff())
-        .modify(slim)
         .for_each(move |event| {
             watch_health(&health, "pods", event.as_ref().err());
             if let Ok(event) = event {
                 let seen = observe_pod_event(&event, &cache, &crs_cache);
-                pod_writer.apply_watcher_event(&event);
+                cache.apply(&event);
                 seen.record(&expectations);
                 for owner in seen.triggers {
                     let _ = tx.unbounded_send(owner);
@@ -944,14 +946,14 @@ pub async fn run(
     // server is down: stop then too.
     let shutdown = shutdown.boxed().shared();
     let synced = tokio::select! {
-        synced = future::join(pods.wait_until_ready(), services.wait_until_ready()) => synced,
+        (_, synced) = future::join(pods.wait_until_ready(), services.wait_until_ready()) => synced,
         () = shutdown.clone() => {
             watches.abort();
             info!("stopped before the caches synced");
             return;
         }
     };
-    if let (Err(e), _) | (_, Err(e)) = synced {
+    if let Err(e) = synced {
         warn!(error = %e, "a cache writer went away before syncing");
         return;
     }
@@ -1059,20 +1061,15 @@ mod tests {
         .unwrap()
     }
 
-    fn stores() -> (
-        Store<Pod>,
-        reflector::store::Writer<Pod>,
-        Store<CraneReplicaSet>,
-    ) {
-        let (pods, pod_writer) = reflector::store::<Pod>();
+    fn stores() -> (PodCache, Store<CraneReplicaSet>) {
         let (crs, mut crs_writer) = reflector::store::<CraneReplicaSet>();
         crs_writer.apply_watcher_event(&watcher::Event::Apply(crane(1)));
-        (pods, pod_writer, crs)
+        (PodCache::default(), crs)
     }
 
     #[test]
     fn a_new_pod_of_ours_is_an_observed_creation_once() {
-        let (pods, mut writer, crs) = stores();
+        let (pods, crs) = stores();
         let e = Expectations::default();
         e.expect_creations("default/crane", 1);
         let ev = watcher::Event::Apply(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
@@ -1084,10 +1081,10 @@ mod tests {
         // Observed only once the cache has the pod: a reconcile that finds the
         // expectations met must find the pod too.
         assert!(!e.satisfied("default/crane"));
-        writer.apply_watcher_event(&ev);
+        pods.apply(&ev);
         seen.record(&e);
         assert!(e.satisfied("default/crane"));
-        assert!(pods.get(&ObjectRef::new("a").within("default")).is_some());
+        assert!(pods.uid("default", "a").is_some());
         // The same pod again (an update) is not a second creation.
         e.expect_creations("default/crane", 1);
         observe_pod_event(&ev, &pods, &crs).record(&e);
@@ -1096,7 +1093,7 @@ mod tests {
 
     #[test]
     fn a_deleted_pod_is_an_observed_deletion() {
-        let (pods, _, crs) = stores();
+        let (pods, crs) = stores();
         let e = Expectations::default();
         e.expect_deletions("default/crane", ["uid-a"]);
         let ev = watcher::Event::Delete(pod("a", Some(("CraneReplicaSet", "crs-uid"))));
@@ -1106,7 +1103,7 @@ mod tests {
 
     #[test]
     fn orphans_trigger_the_replica_sets_that_select_them_and_others_pods_nothing() {
-        let (pods, _, crs) = stores();
+        let (pods, crs) = stores();
         let orphan = watcher::Event::Apply(pod("o", None));
         assert_eq!(observe_pod_event(&orphan, &pods, &crs).triggers.len(), 1);
         let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));

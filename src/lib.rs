@@ -11,6 +11,7 @@ pub mod expectations;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod pod_cache;
 pub mod pods;
 pub mod recorder;
 pub mod service;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -223,31 +223,6 @@ pub fn new_pod(crs: &CraneReplicaSet) -> Pod {
     }
 }
 
-/// Drops what the controller never reads from a cached pod (managed fields, the pod spec
-/// but its node, most of the status): the pod cache is the operator's largest memory cost.
-pub fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.annotations_mut()
-        .remove("kubectl.kubernetes.io/last-applied-configuration");
-    if let Some(spec) = pod.spec.as_mut() {
-        *spec = PodSpec {
-            node_name: spec.node_name.take(),
-            ..PodSpec::default()
-        };
-    }
-    if let Some(status) = pod.status.as_mut() {
-        let mut conditions = status.conditions.take().unwrap_or_default();
-        conditions.retain(|c| c.type_ == "Ready" || c.type_ == "PodScheduled");
-        *status = PodStatus {
-            phase: status.phase.take(),
-            conditions: Some(conditions),
-            container_statuses: status.container_statuses.take(),
-            init_container_statuses: status.init_container_statuses.take(),
-            ..PodStatus::default()
-        };
-    }
-}
-
 #[cfg(test)]
 pub mod fixtures {
     //! Pods in one line, for the planner's tests.
@@ -326,25 +301,6 @@ mod tests {
         );
         let f = PodFacts::from_pod(&p);
         assert_eq!(f.controller, Controller::Uid("crs-uid".into()));
-    }
-
-    #[test]
-    fn slimming_keeps_every_fact_the_planner_reads() {
-        let mut p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "a", "uid": "u", "labels": {"app": "crane"},
-                "managedFields": [{"manager": "x"}],
-                "annotations": {DELETION_COST_ANNOTATION: "3", "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1",
-                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
-        }))
-        .unwrap();
-        let before = PodFacts::from_pod(&p);
-        slim(&mut p);
-        assert_eq!(PodFacts::from_pod(&p), before);
-        assert!(p.metadata.managed_fields.is_none());
-        assert_eq!(p.annotations().len(), 1);
-        assert!(p.spec.as_ref().unwrap().containers.is_empty());
     }
 
     fn not_ready(status: serde_json::Value) -> Option<Issue> {
