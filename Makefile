@@ -35,7 +35,7 @@ lint: ## rustfmt, clippy and shellcheck
 	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/kind/*.sh .ci/run
 
 unit: ## Unit, property and generated-file tests (no cluster)
-	$(CARGO) test --locked --lib --bins --test generated --test planner_properties
+	$(CARGO) test --locked --lib --bins --test generated --test planner_properties --test backpressure
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
 	tests/chart/test.sh
