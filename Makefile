@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench build
+.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,7 +52,20 @@ e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
 chaos: cluster ## Chaos tests: operator SIGKILLs, API server and etcd restarts, tampering, 100 CRs (seeded)
 	source tests/cluster/env.sh && $(CARGO) test --locked --test chaos -- --test-threads 1 --nocapture
 
-test: lint unit chart e2e chaos ## Everything CI runs
+test: lint unit chart e2e chaos bench-smoke ## Everything CI runs
 
-bench: cluster ## Benchmarks against the native ReplicaSet controller
-	@echo "make bench: not implemented yet (issue: Measure it)" >&2; exit 1
+# make bench runs the local cluster with 100 nodes (room for 10,000 pods) and without the
+# client-side rate limits of kube-controller-manager and kube-scheduler (crane-operator has
+# none); a later `make cluster` recreates it with the defaults. BENCH_ARGS: see
+# `cargo bench --bench bench -- --help`.
+BENCH_NODES ?= 100
+BENCH_CLUSTER_ARGS ?= kube-controller-manager=kube-api-qps=1000 kube-controller-manager=kube-api-burst=1000 \
+  kube-controller-manager=concurrent-replicaset-syncs=5 kube-scheduler=kube-api-qps=1000 kube-scheduler=kube-api-burst=1000
+BENCH_ARGS ?=
+
+bench: ## Benchmarks vs the native ReplicaSet controller and raw pod creation: target/bench/report.md
+	CRANE_NODES=$(BENCH_NODES) CRANE_EXTRA_ARGS="$(BENCH_CLUSTER_ARGS)" tests/cluster/up.sh
+	source tests/cluster/env.sh && $(CARGO) bench --locked --bench bench -- $(BENCH_ARGS)
+
+bench-smoke: cluster ## A tiny run of the benchmark harness (checks that it works, not timings)
+	source tests/cluster/env.sh && $(CARGO) test --locked --bench bench -- --smoke --out target/bench-smoke

@@ -14,6 +14,10 @@
 #   CRANE_APISERVER_PORT  loopback port of the API server (default 26443)
 #   CRANE_NODES           number of simulated nodes (default 3)
 #   CRANE_UP_TIMEOUT      seconds to wait for the cluster to become ready (default 180)
+#   CRANE_EXTRA_ARGS      extra component flags, space-separated COMPONENT=FLAG=VALUE words
+#                         (kwokctl --extra-args), e.g. for make bench:
+#                         "kube-controller-manager=kube-api-qps=1000 kube-scheduler=kube-api-qps=1000"
+#                         (default none; a change recreates the cluster)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -82,6 +86,14 @@ create_args=(
   --kubeconfig "" # leave ~/.kube/config alone
   --timeout 5m
 )
+# (kwokctl v0.8.0 mixes up the components unless each one's first flag comes before any
+# component's second flag: the first flags go first.)
+firsts=() rest=() seen=' '
+for arg in ${CRANE_EXTRA_ARGS:-}; do
+  case $arg in *=*=*) ;; *) die "CRANE_EXTRA_ARGS: '$arg' is not COMPONENT=FLAG=VALUE" ;; esac
+  if [[ $seen == *" ${arg%%=*} "* ]]; then rest+=("$arg"); else seen+="${arg%%=*} " && firsts+=("$arg"); fi
+done
+for arg in "${firsts[@]}" "${rest[@]}"; do create_args+=(--extra-args "$arg"); done
 # Identifies what the cluster was created from; a change means it must be created again.
 fingerprint=$({
   cat "$here/kwok.yaml"

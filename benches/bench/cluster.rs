@@ -1,0 +1,438 @@
+//! The cluster under test: a client, namespaces of this run, the three workloads, and the
+//! control-plane processes (kube-controller-manager, kube-scheduler) when they run here.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use crane_operator::api::CraneReplicaSet;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Label on every namespace of a run (value: the run id), for finding leftovers by hand.
+pub const BENCH_LABEL: &str = "crane.dev/bench";
+
+/// Who keeps the pods: crane-operator, kube-controller-manager's ReplicaSet controller, or
+/// the bench itself creating bare pods (the API server's limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Crane,
+    Native,
+    Raw,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Crane => "crane",
+            Variant::Native => "native",
+            Variant::Raw => "raw",
+        }
+    }
+}
+
+pub struct Cluster {
+    pub client: Client,
+    /// The API server URL, as in the kubeconfig (no trailing slash).
+    pub server: String,
+    pub run_id: String,
+    namespaces: Mutex<Vec<String>>,
+    seq: Mutex<u32>,
+}
+
+impl Cluster {
+    pub async fn connect(run_id: String) -> Result<Self> {
+        let config = Config::infer()
+            .await
+            .context("no cluster: set KUBECONFIG (make bench starts the local one)")?;
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let client = Client::try_from(config)?;
+        client
+            .apiserver_version()
+            .await
+            .with_context(|| format!("the API server {server} does not answer"))?;
+        Ok(Self {
+            client,
+            server,
+            run_id,
+            namespaces: Mutex::default(),
+            seq: Mutex::new(0),
+        })
+    }
+
+    /// Installs (or updates) the CRD and waits until it is served.
+    pub async fn install_crd(&self) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        api.patch(
+            "cranereplicasets.crane.dev",
+            &PatchParams::apply("crane-bench").force(),
+            &Patch::Apply(&crane_operator::api::crd()),
+        )
+        .await
+        .context("apply the CraneReplicaSet CRD")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let crd = api.get("cranereplicasets.crane.dev").await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the CRD is not established after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A fresh namespace `cb-<run>-<n>-<tag>`, ready for pods (its default ServiceAccount
+    /// exists: the ServiceAccount admission plugin refuses pods before).
+    pub async fn new_namespace(&self, tag: &str) -> Result<String> {
+        let n = {
+            let mut seq = self.seq.lock().unwrap();
+            *seq += 1;
+            *seq
+        };
+        let name = format!("cb-{}-{n}-{tag}", self.run_id);
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {BENCH_LABEL: self.run_id}}
+        }))?;
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("create namespace {name}"))?;
+        self.namespaces.lock().unwrap().push(name.clone());
+        let sa: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sa.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "no ServiceAccount default in {name} after 60 s (is kube-controller-manager running?)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(name)
+    }
+
+    /// Deletes a namespace of this run and waits until its pods are gone (the namespace
+    /// controller then finishes in the background: [`Cluster::wait_gone`] waits for that).
+    /// Returns how long the pods took to go.
+    pub async fn delete_namespace(&self, name: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        // The namespace controller starts only after some seconds: remove the owners, then
+        // the pods at once (no grace period; nothing runs), then the namespace.
+        let all = ListParams::default();
+        let background = DeleteParams::background();
+        let crs: Api<CraneReplicaSet> = Api::namespaced(self.client.clone(), name);
+        let rss: Api<ReplicaSet> = Api::namespaced(self.client.clone(), name);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), name);
+        let _ = crs.delete_collection(&background, &all).await;
+        let _ = rss.delete_collection(&background, &all).await;
+        let _ = pods
+            .delete_collection(&DeleteParams::default().grace_period(0), &all)
+            .await;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("delete namespace {name}")),
+        }
+        let one = ListParams::default().limit(1);
+        while !pods.list_metadata(&one).await?.items.is_empty() {
+            if start.elapsed() > timeout {
+                bail!("namespace {name} still has pods {timeout:?} after its deletion");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Waits until every namespace this run deleted is gone.
+    pub async fn wait_gone(&self, timeout: Duration) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let start = Instant::now();
+        loop {
+            let mine = ListParams::default().labels(&format!("{BENCH_LABEL}={}", self.run_id));
+            let left = api.list_metadata(&mine).await?.items.len();
+            if left == 0 {
+                self.namespaces.lock().unwrap().clear();
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("{left} namespaces of this run still exist after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Deletes every namespace this run made (on failure or interruption too) and waits
+    /// until they are gone.
+    pub async fn cleanup(&self) -> Result<()> {
+        let left: Vec<String> = self.namespaces.lock().unwrap().clone();
+        for ns in left {
+            if let Err(e) = self.delete_namespace(&ns, Duration::from_secs(300)).await {
+                eprintln!("[bench] cleanup: {e:#}");
+            }
+        }
+        self.wait_gone(Duration::from_secs(300)).await
+    }
+
+    pub async fn version(&self) -> String {
+        self.client
+            .apiserver_version()
+            .await
+            .map(|v| v.git_version)
+            .unwrap_or_else(|_| "?".into())
+    }
+}
+
+/// What one run makes: `objects` CraneReplicaSets or ReplicaSets of `replicas` pods each
+/// (raw: `objects * replicas` bare pods).
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub variant: Variant,
+    pub objects: usize,
+    pub replicas: usize,
+    /// Pods for a scheduler that does not exist: they stay Pending and nothing but their
+    /// controller ever writes them (the memory step: 10,000 pods without the scheduler's and
+    /// kwok's work).
+    pub unscheduled: bool,
+}
+
+impl Workload {
+    pub fn pods(&self) -> usize {
+        self.objects * self.replicas
+    }
+}
+
+/// The scheduler name of unscheduled pods: no scheduler has it.
+pub const NO_SCHEDULER: &str = "crane-bench-no-scheduler";
+
+/// The pod template of every workload: one container; kwok makes it Running and Ready
+/// as soon as it is scheduled (nothing runs).
+pub fn pod_template(app: &str, unscheduled: bool) -> Value {
+    let mut t = json!({
+        "metadata": {"labels": {"app": app}},
+        "spec": {"containers": [{"name": "app", "image": "crane-bench/app:1"}]}
+    });
+    if unscheduled {
+        t["spec"]["schedulerName"] = json!(NO_SCHEDULER);
+    }
+    t
+}
+
+/// Writes by the bench carry its own field manager (the operator is a kube-rs client too).
+fn post() -> PostParams {
+    PostParams {
+        field_manager: Some("crane-bench".into()),
+        ..PostParams::default()
+    }
+}
+
+/// A CraneReplicaSet without a Service (the native ReplicaSet makes none either).
+pub fn crane(name: &str, replicas: usize, unscheduled: bool) -> Result<CraneReplicaSet> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": pod_template(name, unscheduled),
+            "service": {"enabled": false}
+        }
+    }))?)
+}
+
+pub fn replica_set(name: &str, replicas: usize, unscheduled: bool) -> Result<ReplicaSet> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": pod_template(name, unscheduled)
+        }
+    }))?)
+}
+
+/// Creates the workload's owner objects (`<prefix>` or `<prefix>-000`, ...), `parallel`
+/// requests at a time; for `Raw`, its bare pods.
+pub async fn create_workload(
+    client: &Client,
+    ns: &str,
+    w: &Workload,
+    prefix: &str,
+    parallel: usize,
+) -> Result<()> {
+    let names: Vec<String> = if w.objects == 1 {
+        vec![prefix.to_string()]
+    } else {
+        (0..w.objects).map(|i| format!("{prefix}-{i:03}")).collect()
+    };
+    let (replicas, unscheduled) = (w.replicas, w.unscheduled);
+    match w.variant {
+        Variant::Crane => {
+            let api: Api<CraneReplicaSet> = Api::namespaced(client.clone(), ns);
+            stream::iter(names)
+                .map(|name| {
+                    let api = api.clone();
+                    async move {
+                        api.create(&post(), &crane(&name, replicas, unscheduled)?)
+                            .await
+                            .with_context(|| format!("create CraneReplicaSet {name}"))
+                    }
+                })
+                .buffer_unordered(parallel.max(1))
+                .try_collect::<Vec<_>>()
+                .await?;
+        }
+        Variant::Native => {
+            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+            stream::iter(names)
+                .map(|name| {
+                    let api = api.clone();
+                    async move {
+                        api.create(&post(), &replica_set(&name, replicas, unscheduled)?)
+                            .await
+                            .with_context(|| format!("create ReplicaSet {name}"))
+                    }
+                })
+                .buffer_unordered(parallel.max(1))
+                .try_collect::<Vec<_>>()
+                .await?;
+        }
+        Variant::Raw => {
+            create_raw_pods(client, ns, prefix, w.pods(), unscheduled, parallel).await?
+        }
+    }
+    Ok(())
+}
+
+/// The raw baseline: `n` bare pods, `parallel` create requests in flight.
+pub async fn create_raw_pods(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    n: usize,
+    unscheduled: bool,
+    parallel: usize,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut pod: Pod = serde_json::from_value(pod_template(app, unscheduled))?;
+    pod.metadata.generate_name = Some(format!("{app}-"));
+    stream::iter(0..n)
+        .map(|_| {
+            let (api, pod) = (api.clone(), pod.clone());
+            async move { api.create(&post(), &pod).await.context("create a bare pod") }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// A control-plane process of the cluster under test, found in /proc: its kubeconfig
+/// names the same API server as ours.
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    pub name: String,
+    pub pid: u32,
+    pub args: Vec<String>,
+}
+
+impl Component {
+    /// The value of `--flag=value` (or `--flag value`) on its command line.
+    pub fn flag(&self, flag: &str) -> Option<String> {
+        let long = format!("--{flag}");
+        let with_eq = format!("{long}=");
+        self.args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&with_eq).map(str::to_string).or_else(|| {
+                (*a == long)
+                    .then(|| self.args.get(i + 1).cloned())
+                    .flatten()
+            })
+        })
+    }
+
+    /// `flag=value`, or `flag=default (default)` when not given.
+    pub fn flag_or(&self, flag: &str, default: &str) -> String {
+        match self.flag(flag) {
+            Some(v) => format!("--{flag}={v}"),
+            None => format!("--{flag}={default} (default)"),
+        }
+    }
+}
+
+/// The processes whose command line names `dir` (the control plane of a kwokctl cluster:
+/// every component's flags name files of its directory).
+pub fn processes_of(dir: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(dir))
+        })
+        .collect()
+}
+
+pub fn find_component(name: &str, server: &str) -> Option<Component> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some(argv0) = args.first() else { continue };
+        if argv0.rsplit('/').next() != Some(name) {
+            continue;
+        }
+        let comp = Component {
+            name: name.to_string(),
+            pid,
+            args,
+        };
+        let Some(kubeconfig) = comp.flag("kubeconfig") else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(&kubeconfig) else {
+            continue;
+        };
+        if text.lines().any(|l| {
+            l.trim()
+                .trim_start_matches("server:")
+                .trim()
+                .trim_end_matches('/')
+                == server
+        }) {
+            return Some(comp);
+        }
+    }
+    None
+}
