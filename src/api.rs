@@ -421,6 +421,9 @@ fn strip_descriptions(node: &mut Value) {
 // above what a pod template or a selector needs in practice.
 const MAX_LABELS: u32 = 64;
 const MAX_LABEL_VALUE: u32 = 63;
+/// A label value (apimachinery's `IsValidLabelValue`): empty, or alphanumerics with `-`,
+/// `_` and `.` inside. The API server checks it on pods, not on a custom resource.
+const LABEL_VALUE: &str = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 const MAX_SELECTOR_EXPRESSIONS: u32 = 32;
 const MAX_CONTAINERS: u32 = 64;
 
@@ -441,6 +444,11 @@ fn refine_schema(root: &mut Value) {
         &mut labels["additionalProperties"],
         "maxLength",
         json!(MAX_LABEL_VALUE),
+    );
+    set(
+        &mut labels["additionalProperties"],
+        "pattern",
+        json!(LABEL_VALUE),
     );
 
     let containers = prop(template, &["spec", "containers"]);
@@ -467,6 +475,11 @@ fn refine_schema(root: &mut Value) {
         "maxLength",
         json!(MAX_LABEL_VALUE),
     );
+    set(
+        &mut match_labels["additionalProperties"],
+        "pattern",
+        json!(LABEL_VALUE),
+    );
     let expressions = prop(selector, &["matchExpressions"]);
     set(expressions, "maxItems", json!(MAX_SELECTOR_EXPRESSIONS));
     let expression = &mut expressions["items"];
@@ -479,6 +492,7 @@ fn refine_schema(root: &mut Value) {
     let values = prop(expression, &["values"]);
     set(values, "maxItems", json!(MAX_LABELS));
     set(&mut values["items"], "maxLength", json!(MAX_LABEL_VALUE));
+    set(&mut values["items"], "pattern", json!(LABEL_VALUE));
     add_rules(
         expression,
         vec![rule(
