@@ -489,6 +489,7 @@ async fn create_pods(
     let mut issued = 0;
     for batch in planner::slow_start_batches(n) {
         issued += batch;
+        let started = Instant::now();
         let results = future::join_all((0..batch).map(|_| async {
             let result = api.create(&params, &pod).await;
             match &result {
@@ -519,6 +520,7 @@ async fn create_pods(
             result
         }))
         .await;
+        debug!(object = %key, batch, took = ?started.elapsed(), "created a batch of pods");
         let mut first_error = None;
         for result in results {
             match result {

@@ -4,6 +4,7 @@
 //! `status`, `service`); `controller` runs them against the API server.
 
 pub mod api;
+pub mod client;
 pub mod controller;
 pub mod deletion_order;
 pub mod diagnostics;

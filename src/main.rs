@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use crane_operator::client;
 use crane_operator::controller::{self, Config};
 use crane_operator::leader::{Elector, Timings};
 use crane_operator::metrics::{self, Health, Metrics};
@@ -84,9 +85,10 @@ async fn termination() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
+    let client = client::build(config).context("could not set up the API client")?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
 

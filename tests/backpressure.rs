@@ -1,7 +1,7 @@
 //! Back-pressure without a cluster: an API server that answers 429 Too Many Requests (API
 //! Priority and Fairness) or 503 with `Retry-After` is given that time before the request
-//! is sent again. The operator's client is built as `crane-operator run` builds it (kube's
-//! default configuration, whose retry layer honours `Retry-After` for 429, 503 and 504);
+//! is sent again. The client is the operator's own (`crane_operator::client::build`, with
+//! kube's retry layer, which honours `Retry-After` for 429, 503 and 504);
 //! errors beyond that layer fall to the controller's per-object backoff (tests/e2e
 //! `failures`).
 
@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, Config};
+use kube::{Api, Config};
 use serde_json::json;
 
 fn json_body(v: serde_json::Value) -> impl IntoResponse {
@@ -59,7 +59,7 @@ async fn server(status: StatusCode, refusals: usize) -> (String, Arc<Mutex<Vec<I
 
 async fn get_through_refusals(status: StatusCode) {
     let (url, seen) = server(status, 2).await;
-    let client = Client::try_from(Config::new(url.parse().unwrap())).unwrap();
+    let client = crane_operator::client::build(Config::new(url.parse().unwrap())).unwrap();
     let pod = Api::<Pod>::namespaced(client, "default")
         .get("p")
         .await
