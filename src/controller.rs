@@ -97,7 +97,7 @@ pub struct Context {
     /// To the event publisher (see [`recorder::publish`]).
     events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
     metrics: Arc<Metrics>,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
     announced: Mutex<HashMap<String, Option<String>>>,
     /// Per CraneReplicaSet and event reason: when the window began, events in it.
@@ -267,7 +267,8 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
         now: Timestamp::now(),
         ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
-    let plan = planner::plan(&desired, &pods, ctx.expectations.satisfied(&key));
+    let settled = ctx.expectations.satisfied(&key);
+    let plan = planner::plan(&desired, &pods, settled);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
@@ -307,10 +308,12 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     };
     let (new_status, recheck) = status::compute(crs, &selector, observed);
     announce_pod_issues(crs, ctx, &new_status).await;
-    // A pass that created or deleted pods computed the status from before its own writes;
-    // the watch events of those pods trigger the pass that writes the status as it is.
-    let acted = plan.create > 0 || !plan.delete.is_empty();
-    if crs.status.as_ref() != Some(&new_status) && !(acted && replica_failure.is_none()) {
+    // While this pass's own creations or deletions (or an earlier pass's) are not in the
+    // cache yet, the counts are about to change: the pass that sees them all writes the
+    // status. Failures are reported at once.
+    let in_flight = !settled || plan.create > 0 || !plan.delete.is_empty();
+    let transient = in_flight && replica_failure.is_none();
+    if crs.status.as_ref() != Some(&new_status) && !transient {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         let patch =
             json!({"apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet", "status": new_status});
@@ -885,14 +888,17 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
     let pods = Arc::new(PodCache::default());
+    let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let pod_stream = {
-        let (cache, crs_cache, expectations, tx, health) = (
+        let (cache, crs_cache, expectations, tx, health, failures) = (
             pods.clone(),
             crs_cache.clone(),
             expectations.clone(),
             trigger_tx.clone(),
             health.clone(),
+            failures.clone(),
         );
+        let mut watch_failed = false;
         watcher(
             api_for::<Pod>(&client, ns),
             watcher::Config::default().any_semantic(),
@@ -900,6 +906,17 @@ pub async fn run(
         .backoff(watch_backoff())
         .for_each(move |event| {
             watch_health(&health, "pods", event.as_ref().err());
+            // Only once a relist made the cache whole again: a resumed watch delivers what
+            // it missed one event at a time, and a pass in the middle of that could take
+            // the pods of a create that failed for us but was stored (an outage's classic)
+            // for missing ones.
+            match &event {
+                Err(_) => watch_failed = true,
+                Ok(watcher::Event::InitDone) if std::mem::take(&mut watch_failed) => {
+                    retry_failed_now(&failures, &tx)
+                }
+                Ok(_) => {}
+            }
             if let Ok(event) = event {
                 let seen = observe_pod_event(&event, &cache, &crs_cache);
                 cache.apply(&event);
@@ -979,7 +996,7 @@ pub async fn run(
         expectations,
         events: events_tx,
         metrics,
-        failures: Mutex::default(),
+        failures,
         announced: Mutex::default(),
         similar: Mutex::default(),
     });
@@ -1019,6 +1036,27 @@ pub async fn run(
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
     info!("controller stopped");
+}
+
+/// The API server is back (a failed watch works again): the CraneReplicaSets whose passes
+/// failed meanwhile are retried now, not after the backoff their failures during the
+/// outage built up, which would be up to a minute.
+fn retry_failed_now(
+    failures: &Mutex<HashMap<String, u32>>,
+    tx: &mpsc::UnboundedSender<ObjectRef<CraneReplicaSet>>,
+) {
+    let failed = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
+    if !failed.is_empty() {
+        info!(
+            objects = failed.len(),
+            "the API server is back: retrying failed passes now"
+        );
+    }
+    for key in failed.into_keys() {
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = tx.unbounded_send(ObjectRef::new(name).within(ns));
+        }
+    }
 }
 
 /// Retry delays of a failed watch: client-go's reflector doubles from 0.8 s up to 30 s,
