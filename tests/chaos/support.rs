@@ -516,6 +516,19 @@ pub struct PodHistory {
 }
 
 impl PodHistory {
+    /// Pods that went away (deleted, terminating, or ended Failed or Succeeded) other than
+    /// the `deleted_by_operator` ones: each needs a replacement, which is no overshoot.
+    pub fn lost_to_others(&self, deleted_by_operator: f64) -> i64 {
+        let gone = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|p| p.gone_seen.is_some())
+            .count() as i64;
+        (gone - deleted_by_operator as i64).max(0)
+    }
+
     pub async fn start(env: &TestEnv) -> Self {
         let pods = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -536,7 +549,9 @@ impl PodHistory {
                             first_seen: now,
                             gone_seen: None,
                         });
-                        if (gone || p.metadata.deletion_timestamp.is_some())
+                        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                        let ended = matches!(phase, Some("Succeeded" | "Failed"));
+                        if (gone || ended || p.metadata.deletion_timestamp.is_some())
                             && entry.gone_seen.is_none()
                         {
                             entry.gone_seen = Some(now);
