@@ -169,7 +169,7 @@ async fn restart_while_scaling(name: &str, target_component: &str) {
     let env = TestEnv::without_operator(short_name).await;
     wait_for_room(&env, 60).await;
     let mut operator = Operator::start(&env.ns, &[]);
-    let seen = PodHistory::start(&env).await;
+    let seen = PodsEverSeen::start(&env).await;
 
     let first = rng.range(5, 15);
     env.create(crane("crane", first as i32)).await;

@@ -27,7 +27,7 @@ async fn operator_sigkill_while_scaling() {
     ensure_control_plane(None).await;
     let env = TestEnv::without_operator("chaos-kill").await;
     wait_for_room(&env, MAX_REPLICAS + 10).await;
-    let seen = PodHistory::start(&env).await;
+    let seen = PodsEverSeen::start(&env).await;
     let mut operator = Operator::start(&env.ns, &[]);
     let mut logs = vec![operator.log.clone()];
 

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crane_operator::api::{CraneReplicaSet, CraneReplicaSetStatus};
@@ -540,40 +541,74 @@ pub fn metric_type<'a>(text: &'a str, family: &str) -> Option<&'a str> {
     })
 }
 
-/// Every pod UID that appeared in a namespace since `start`, recorded by a watch running in
-/// the background: proves that a controller never created more pods than it should have,
-/// even ones it deleted again.
+/// When a pod was seen first and seen gone (or terminating), by the test's clock.
+#[derive(Clone, Debug)]
+#[allow(dead_code)] // read by the chaos tests
+pub struct PodSighting {
+    pub name: String,
+    pub first_seen: jiff::Timestamp,
+    pub gone_seen: Option<jiff::Timestamp>,
+}
+
+/// Every pod that appeared in a namespace since `start`, with the times the test saw it
+/// appear and go, recorded by a watch running in the background: proves that a controller
+/// never created more pods than it should have, even ones it deleted again.
 pub struct PodsEverSeen {
-    uids: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
-    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pods: Arc<Mutex<std::collections::BTreeMap<String, PodSighting>>>,
+    errors: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl PodsEverSeen {
-    /// Starts watching the namespace's pods; returns once the initial list is in.
+    /// Pods that went away (deleted, terminating, or ended Failed or Succeeded) other than
+    /// the `deleted_by_operator` ones: each needs a replacement, which is no overshoot.
+    #[allow(dead_code)] // used by the chaos tests
+    pub fn lost_to_others(&self, deleted_by_operator: f64) -> i64 {
+        let gone = self
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|p| p.gone_seen.is_some())
+            .count() as i64;
+        (gone - deleted_by_operator as i64).max(0)
+    }
+
     pub async fn start(env: &TestEnv) -> Self {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, watcher};
-        let uids = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pods = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
         let stream = watcher(env.pods(), watcher::Config::default()).default_backoff();
         let task = {
-            let (uids, errors) = (uids.clone(), errors.clone());
+            let (pods, errors) = (pods.clone(), errors.clone());
             tokio::spawn(async move {
                 let mut synced_tx = Some(synced_tx);
                 let mut stream = std::pin::pin!(stream);
                 while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(
-                            watcher::Event::Apply(p)
-                            | watcher::Event::InitApply(p)
-                            | watcher::Event::Delete(p),
-                        ) => {
-                            if let Some(uid) = p.metadata.uid {
-                                uids.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
-                            }
+                    let now = jiff::Timestamp::now();
+                    let seen = |p: &k8s_openapi::api::core::v1::Pod, gone: bool| {
+                        let Some(uid) = p.uid() else { return };
+                        let mut map = pods.lock().unwrap_or_else(|e| e.into_inner());
+                        let entry = map.entry(uid).or_insert_with(|| PodSighting {
+                            name: p.name_any(),
+                            first_seen: now,
+                            gone_seen: None,
+                        });
+                        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                        let ended = matches!(phase, Some("Succeeded" | "Failed"));
+                        if (gone || ended || p.metadata.deletion_timestamp.is_some())
+                            && entry.gone_seen.is_none()
+                        {
+                            entry.gone_seen = Some(now);
                         }
+                    };
+                    match event {
+                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                            seen(&p, false)
+                        }
+                        Ok(watcher::Event::Delete(p)) => seen(&p, true),
                         Ok(watcher::Event::InitDone) => {
                             if let Some(tx) = synced_tx.take() {
                                 let _ = tx.send(());
@@ -592,12 +627,23 @@ impl PodsEverSeen {
             .await
             .expect("the pod watch lists the namespace in time")
             .expect("the pod watch task runs");
-        Self { uids, errors, task }
+        Self { pods, errors, task }
     }
 
     /// The UIDs seen so far.
     pub fn uids(&self) -> std::collections::BTreeSet<String> {
-        self.uids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every pod seen so far, by UID.
+    #[allow(dead_code)] // used by the chaos tests
+    pub fn pods(&self) -> std::collections::BTreeMap<String, PodSighting> {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Watch errors so far. After one, the watch re-lists and a pod created and deleted in
