@@ -315,15 +315,20 @@ async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action,
     let transient = in_flight && replica_failure.is_none();
     if crs.status.as_ref() != Some(&new_status) && !transient {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch =
-            json!({"apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet", "status": new_status});
-        api.patch_status(
-            &crs.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(kube_err("update status of", key.clone()))?;
+        // Only what changed, as a JSON merge patch: server-side apply would make the API
+        // server merge the whole object against the CRD's schema (pod template included)
+        // on every status write, the operator's most frequent write.
+        let patch = json!({"status": status::merge_patch(
+            &serde_json::to_value(&crs.status).unwrap_or_default(),
+            &serde_json::to_value(&new_status).unwrap_or_default(),
+        )});
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        api.patch_status(&crs.name_any(), &params, &Patch::Merge(patch))
+            .await
+            .map_err(kube_err("update status of", key.clone()))?;
     }
     if let Some(failure) = replica_failure {
         return Err(Error::Replicas {

@@ -200,12 +200,40 @@ fn set_condition(
     conditions
 }
 
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed and new fields,
+/// `null` for the ones gone; lists are replaced whole.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in new {
+                match old.get(k) {
+                    Some(was) if was == v => {}
+                    Some(was) => {
+                        patch.insert(k.clone(), merge_patch(was, v));
+                    }
+                    None => {
+                        patch.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::fixtures::crane;
     use crate::pods::fixtures::pod;
     use jiff::SignedDuration;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     fn app_crane() -> Selector {
@@ -360,5 +388,19 @@ mod tests {
             observe(&pods, None, now + SignedDuration::from_secs(5)),
         );
         assert_eq!(st, st2);
+    }
+
+    #[test]
+    fn merge_patch_holds_only_the_changes_and_nulls_what_went() {
+        let old = json!({"replicas": 3, "readyReplicas": 2, "service": {"name": "s", "externalIP": "1.2.3.4"},
+            "conditions": [{"type": "A"}], "podIssues": [{"reason": "X"}]});
+        let new = json!({"replicas": 3, "readyReplicas": 3, "service": {"name": "s"},
+            "conditions": [{"type": "A"}, {"type": "B"}]});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"readyReplicas": 3, "service": {"externalIP": null},
+                "conditions": [{"type": "A"}, {"type": "B"}], "podIssues": null})
+        );
+        assert_eq!(merge_patch(&serde_json::Value::Null, &new), new);
     }
 }
