@@ -20,8 +20,10 @@ use tracing::warn;
 
 /// A repeat of an event seen within this time joins its series (client-go: 6 minutes).
 pub const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
-/// How often the counts of growing series are written back.
-pub const FLUSH: Duration = Duration::from_secs(5);
+/// How often the counts of growing series are written back: at most one write per second
+/// per growing series, and the last count is out a second after a burst ends (client-go
+/// waits up to 30 min; `kubectl describe` would show stale counts that long).
+pub const FLUSH: Duration = Duration::from_secs(1);
 
 /// An object reference's kind, namespace, name and uid.
 type RefKey = (

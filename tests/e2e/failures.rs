@@ -349,7 +349,7 @@ async fn a_permanently_failing_crane_replica_set_backs_off_and_delays_no_one() {
     tokio::time::sleep(WINDOW).await;
     let passes = failed_passes().await.unwrap() - first;
     // Backoff 1, 2, 4, 8, 16 s: about 5 passes in 30 s; each costs one pod create and at
-    // most one event write (a repeat only counts in its series, written at most every 5 s):
+    // most one event write (a repeat only counts in its series, written at most once a second):
     // an upper bound of 2 requests per pass. Without backoff it would be hundreds.
     eprintln!(
         "permanently failing CraneReplicaSet: {passes} failed passes in {WINDOW:?} (~{} API requests/min)",
