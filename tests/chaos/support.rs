@@ -183,29 +183,6 @@ pub async fn converge_in_two(
     (created, t0.elapsed())
 }
 
-/// `wait_for` with a slower poll, for checks that list hundreds of objects.
-pub async fn wait_every<T, F, Fut>(
-    what: &str,
-    every: Duration,
-    timeout: Duration,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen: {state}")
-            }
-            Err(_) => tokio::time::sleep(every).await,
-        }
-    }
-}
-
 /// Fails the test if the operator exited: it must only ever exit on SIGTERM.
 pub fn assert_running(operator: &mut Operator, when: &str) {
     if let Some(status) = operator.exit_status() {

@@ -96,7 +96,22 @@ pub async fn install_crd(client: &Client) {
 
 /// Polls `check` until it returns `Ok`, or fails the test after `timeout` with the last
 /// state `check` described.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    wait_every(what, POLL, timeout, check).await
+}
+
+/// `wait_for` with another poll interval (a slower one for checks that list hundreds of
+/// objects).
+pub async fn wait_every<T, F, Fut>(
+    what: &str,
+    every: Duration,
+    timeout: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -108,7 +123,7 @@ where
             Err(state) if Instant::now() >= deadline => {
                 panic!("timed out after {timeout:?} waiting for {what}; last seen: {state}")
             }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }
@@ -437,32 +452,11 @@ impl TestEnv {
     /// Runs kubectl in this namespace, with `stdin` piped in when given; returns stdout on
     /// success and stderr (plus stdout) on failure, for tests that expect a refusal.
     pub fn kubectl_result(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .args(["--namespace", &self.ns])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig_path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl (is it on PATH? `make test` puts the cluster's kubectl there)");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("kubectl's stdin");
-            pipe.write_all(input.as_bytes())
-                .expect("write kubectl's stdin");
-        }
-        let out = child.wait_with_output().expect("wait for kubectl");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
-        }
+        let args: Vec<&str> = ["--namespace", self.ns.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        run_tool("kubectl", &args, stdin)
     }
 
     /// The events.k8s.io events with `reason` about the named CraneReplicaSet.
