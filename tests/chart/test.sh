@@ -40,32 +40,12 @@ ns=crane-chart-test
 crd=cranereplicasets.crane.dev
 timeout=${CRANE_CHART_TIMEOUT:-120}
 work=$(mktemp -d)
-passed=0
-failures=()
-why=
-note=
-
-now_ms() { date +%s%3N; }
-since() { local ms=$(($(now_ms) - $1)); printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10)); }
 k() { kubectl --request-timeout=30s "$@"; }
+CHECK_WIDTH=66
+# shellcheck source=SCRIPTDIR/../cluster/checks.sh
+source "$root/tests/cluster/checks.sh"
 # first N FILE: the first N lines of FILE on one line, for $why.
 first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
-
-# check NAME FUNCTION [ARGS...]: run one check, print its result and time. A failing check
-# sets $why to say what it saw; a passing one may set $note.
-check() {
-  local name=$1 t0
-  shift
-  why='' note=''
-  t0=$(now_ms)
-  if "$@"; then
-    passed=$((passed + 1))
-    printf 'ok    %-66s %s%s\n' "$name" "$(since "$t0")" "${note:+  ($note)}"
-  else
-    failures+=("$name: ${why:-failed}")
-    printf 'FAIL  %-66s %s\n      %s\n' "$name" "$(since "$t0")" "${why:-failed}"
-  fi
-}
 
 # poll SECONDS COMMAND...: retry COMMAND until it succeeds or time runs out.
 poll() {
@@ -75,14 +55,6 @@ poll() {
     [ "$SECONDS" -lt "$end" ] || return 1
     sleep 0.5
   done
-}
-
-summary() {
-  echo "${passed} passed, ${#failures[@]} failed"
-  if [ "${#failures[@]}" -gt 0 ]; then
-    printf '  failed: %s\n' "${failures[@]}"
-    exit 1
-  fi
 }
 
 released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }

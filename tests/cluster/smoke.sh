@@ -18,30 +18,9 @@ source "$here/versions.env"
 
 ns=crane-smoke-$(date +%s)-$RANDOM
 timeout=${CRANE_SMOKE_TIMEOUT:-60}
-passed=0
-failures=()
-why=
-note=
-
-now_ms() { date +%s%3N; }
-since() { local ms=$(($(now_ms) - $1)); printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10)); }
 k() { kubectl --request-timeout=10s "$@"; }
-
-# check NAME FUNCTION [ARGS...]: run one check, print its result and time. A failing check
-# sets $why to say what it saw; a passing one may set $note.
-check() {
-  local name=$1 t0
-  shift
-  why='' note=''
-  t0=$(now_ms)
-  if "$@"; then
-    passed=$((passed + 1))
-    printf 'ok    %-62s %s%s\n' "$name" "$(since "$t0")" "${note:+  ($note)}"
-  else
-    failures+=("$name: ${why:-failed}")
-    printf 'FAIL  %-62s %s\n      %s\n' "$name" "$(since "$t0")" "${why:-failed}"
-  fi
-}
+# shellcheck source=SCRIPTDIR/checks.sh
+source "$here/checks.sh"
 
 # poll [SECONDS] COMMAND...: retry COMMAND until it succeeds or time runs out.
 poll() {
@@ -52,14 +31,6 @@ poll() {
     [ "$SECONDS" -lt "$end" ] || return 1
     sleep 0.25
   done
-}
-
-summary() {
-  echo "${passed} passed, ${#failures[@]} failed"
-  if [ "${#failures[@]}" -gt 0 ]; then
-    printf '  failed: %s\n' "${failures[@]}"
-    exit 1
-  fi
 }
 
 cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }

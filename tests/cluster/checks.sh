@@ -1,0 +1,36 @@
+# shellcheck shell=bash
+# Sourced by tests/cluster/smoke.sh and tests/chart/test.sh: named checks with their time,
+# and the "N passed, M failed" summary. CHECK_WIDTH: the width of the name column.
+
+passed=0
+failures=()
+why=
+note=
+
+now_ms() { date +%s%3N; }
+since() { local ms=$(($(now_ms) - $1)); printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10)); }
+
+# check NAME FUNCTION [ARGS...]: run one check, print its result and time. A failing check
+# sets $why to say what it saw; a passing one may set $note.
+check() {
+  local name=$1 t0 width=${CHECK_WIDTH:-62}
+  shift
+  why='' note=''
+  t0=$(now_ms)
+  if "$@"; then
+    passed=$((passed + 1))
+    printf 'ok    %-*s %s%s\n' "$width" "$name" "$(since "$t0")" "${note:+  ($note)}"
+  else
+    failures+=("$name: ${why:-failed}")
+    printf 'FAIL  %-*s %s\n      %s\n' "$width" "$name" "$(since "$t0")" "${why:-failed}"
+  fi
+}
+
+# summary: the counts, and the failures; exits non-zero when anything failed.
+summary() {
+  echo "${passed} passed, ${#failures[@]} failed"
+  if [ "${#failures[@]}" -gt 0 ]; then
+    printf '  failed: %s\n' "${failures[@]}"
+    exit 1
+  fi
+}
