@@ -38,10 +38,6 @@ pub const MANAGER: &str = "crane-operator";
 /// Per-object retry delays after failed passes: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// client-go's event correlator: this many alike events of one object are kept apart...
-const SIMILAR_EVENTS: u32 = 10;
-/// ...within this window; the rest are combined into one series.
-const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
 /// How long in-flight passes may take to finish after a shutdown request (Kubernetes gives
 /// a pod 30 s between SIGTERM and SIGKILL).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -100,8 +96,6 @@ pub struct Context {
     failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
     announced: Mutex<HashMap<String, Option<String>>>,
-    /// Per CraneReplicaSet and event reason: when the window began, events in it.
-    similar: Mutex<HashMap<(String, String), (Instant, u32)>>,
 }
 
 /// `namespace/name` of an object: the key of expectations and backoff.
@@ -127,20 +121,6 @@ fn error_message(err: &kube::Error) -> String {
     }
 }
 
-/// Event notes may be at most 1 kB; a longer one would make the event itself fail.
-fn truncate_note(mut note: String) -> String {
-    const MAX: usize = 1024;
-    if note.len() > MAX {
-        let mut end = MAX - '…'.len_utf8();
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push('…');
-    }
-    note
-}
-
 fn api_status(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
@@ -164,9 +144,7 @@ impl Context {
 
     /// Publishes an event on the CraneReplicaSet, in the background: a reconcile pass never
     /// waits for its events. `related` names the pod or Service it concerns, so that events
-    /// about different objects stay apart; as client-go's event correlator does, after
-    /// [`SIMILAR_EVENTS`] alike events on one object within [`SIMILAR_WINDOW`] the rest are
-    /// combined into one counted series.
+    /// about different objects stay apart (up to a point: see [`recorder::SIMILAR_EVENTS`]).
     fn event(
         &self,
         crs: &CraneReplicaSet,
@@ -176,34 +154,15 @@ impl Context {
         note: String,
         related: Option<ObjectReference>,
     ) {
-        let (note, related) = match related {
-            Some(related) if !self.similar_event(&key_of(crs), reason) => (note, Some(related)),
-            Some(_) => (format!("(combined from similar events): {note}"), None),
-            None => (note, None),
-        };
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(truncate_note(note)),
+            note: Some(note),
             action: action.into(),
             secondary: related,
         };
         // The publisher is gone only when the controller is shutting down.
         let _ = self.events.send((ev, crs.object_ref(&())));
-    }
-
-    /// Counts an event of `reason` on `key`; true once there were already
-    /// [`SIMILAR_EVENTS`] of them within [`SIMILAR_WINDOW`].
-    fn similar_event(&self, key: &str, reason: &str) -> bool {
-        let mut similar = self.similar.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = similar
-            .entry((key.to_string(), reason.to_string()))
-            .or_insert((Instant::now(), 0));
-        if entry.0.elapsed() > SIMILAR_WINDOW {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 += 1;
-        entry.1 > SIMILAR_EVENTS
     }
 }
 
@@ -1003,7 +962,6 @@ pub async fn run(
         metrics,
         failures,
         announced: Mutex::default(),
-        similar: Mutex::default(),
     });
     let state = ctx.clone();
     controller
@@ -1153,13 +1111,5 @@ mod tests {
         assert_eq!(observe_pod_event(&orphan, &pods, &crs).triggers.len(), 1);
         let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));
         assert_eq!(observe_pod_event(&theirs, &pods, &crs), PodEvent::default());
-    }
-
-    #[test]
-    fn event_notes_fit_in_one_kilobyte() {
-        let long = "é".repeat(800);
-        let note = truncate_note(long);
-        assert!(note.len() <= 1024 && note.ends_with('…'));
-        assert_eq!(truncate_note("short".into()), "short");
     }
 }

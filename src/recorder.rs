@@ -20,6 +20,12 @@ use tracing::warn;
 
 /// A repeat of an event seen within this time joins its series (client-go: 6 minutes).
 pub const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
+/// client-go's event correlator: this many alike events (one reason) about one object,
+/// each naming another related object, are kept apart...
+pub const SIMILAR_EVENTS: u32 = 10;
+/// ...within this window; the rest are combined into one counted series.
+pub const SIMILAR_WINDOW: SignedDuration = SignedDuration::from_mins(10);
+
 /// How often the counts of growing series are written back: at most one write per second
 /// per growing series, and the last count is out a second after a burst ends (client-go
 /// waits up to 30 min; `kubectl describe` would show stale counts that long).
@@ -87,6 +93,8 @@ pub struct Series {
     controller: String,
     instance: String,
     published: HashMap<Key, Published>,
+    /// Per regarding object and reason: when the window began, events in it.
+    similar: HashMap<(RefKey, String), (Timestamp, u32)>,
 }
 
 impl Series {
@@ -95,6 +103,7 @@ impl Series {
             controller: controller.into(),
             instance: instance.unwrap_or_else(|| controller.into()),
             published: HashMap::new(),
+            similar: HashMap::new(),
         }
     }
 
@@ -108,8 +117,33 @@ impl Series {
         }
     }
 
+    /// Past [`SIMILAR_EVENTS`] alike events about one object, drops the related object so
+    /// that the rest count in one series, and says so in the note.
+    fn correlate(&mut self, ev: &mut Event, regarding: &ObjectReference, now: Timestamp) {
+        if ev.secondary.is_none() {
+            return;
+        }
+        let entry = self
+            .similar
+            .entry((reference_key(regarding), ev.reason.clone()))
+            .or_insert((now, 0));
+        if entry.0 + SIMILAR_WINDOW < now {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > SIMILAR_EVENTS {
+            ev.secondary = None;
+            ev.note = ev
+                .note
+                .take()
+                .map(|n| format!("(combined from similar events): {n}"));
+        }
+    }
+
     /// Takes one occurrence at `now`.
-    pub fn observe(&mut self, ev: &Event, regarding: &ObjectReference, now: Timestamp) -> Write {
+    pub fn observe(&mut self, mut ev: Event, regarding: &ObjectReference, now: Timestamp) -> Write {
+        self.correlate(&mut ev, regarding, now);
+        let ev = &ev;
         let key = Self::key(ev, regarding);
         if let Some(p) = self.published.get_mut(&key)
             && p.last_seen + SERIES_TTL > now
@@ -127,7 +161,7 @@ impl Series {
         let event = K8sEvent {
             action: Some(ev.action.clone()),
             reason: Some(ev.reason.clone()),
-            note: ev.note.clone(),
+            note: ev.note.clone().map(truncate_note),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
             related: ev.secondary.clone(),
@@ -161,6 +195,8 @@ impl Series {
     pub fn flush(&mut self, now: Timestamp) -> Vec<K8sEvent> {
         self.published
             .retain(|_, p| p.dirty || p.last_seen + SERIES_TTL > now);
+        self.similar
+            .retain(|_, (since, _)| *since + SIMILAR_WINDOW > now);
         self.published
             .values_mut()
             .filter(|p| p.dirty)
@@ -185,10 +221,11 @@ pub async fn publish(
         tokio::select! {
             next = events.recv() => match next {
                 Some((ev, regarding)) => {
-                    if let Write::Create(event) = series.observe(&ev, &regarding, Timestamp::now()) {
+                    let reason = ev.reason.clone();
+                    if let Write::Create(event) = series.observe(ev, &regarding, Timestamp::now()) {
                         let api: Api<K8sEvent> = Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
                         if let Err(e) = api.create(&PostParams::default(), &event).await {
-                            warn!(object = regarding_name(&regarding), reason = %ev.reason, error = %e, "could not publish event");
+                            warn!(object = regarding_name(&regarding), reason, error = %e, "could not publish event");
                         }
                     }
                 }
@@ -217,6 +254,20 @@ async fn write_series(client: &Client, events: Vec<K8sEvent>) {
             warn!(object = regarding_name(&regarding), reason = ?event.reason, error = %e, "could not update event series");
         }
     }
+}
+
+/// Event notes may be at most 1 kB; a longer one would make the event itself fail.
+fn truncate_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut end = MAX - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
 }
 
 fn regarding_name(r: &ObjectReference) -> String {
@@ -256,12 +307,12 @@ mod tests {
         let mut s = Series::new("crane-operator", None);
         let t0 = Timestamp::now();
         assert!(matches!(
-            s.observe(&ev("SuccessfulCreate"), &crs(), t0),
+            s.observe(ev("SuccessfulCreate"), &crs(), t0),
             Write::Create(_)
         ));
         for _ in 1..1000 {
             assert_eq!(
-                s.observe(&ev("SuccessfulCreate"), &crs(), t0),
+                s.observe(ev("SuccessfulCreate"), &crs(), t0),
                 Write::Counted
             );
         }
@@ -275,16 +326,52 @@ mod tests {
     fn a_different_reason_or_an_ended_series_is_a_new_event() {
         let mut s = Series::new("crane-operator", None);
         let t0 = Timestamp::now();
-        s.observe(&ev("SuccessfulCreate"), &crs(), t0);
+        s.observe(ev("SuccessfulCreate"), &crs(), t0);
         assert!(matches!(
-            s.observe(&ev("FailedCreate"), &crs(), t0),
+            s.observe(ev("FailedCreate"), &crs(), t0),
             Write::Create(_)
         ));
         let later = t0 + SERIES_TTL + SignedDuration::from_secs(1);
         assert!(s.flush(later).is_empty());
         assert!(matches!(
-            s.observe(&ev("SuccessfulCreate"), &crs(), later),
+            s.observe(ev("SuccessfulCreate"), &crs(), later),
             Write::Create(_)
         ));
+    }
+
+    #[test]
+    fn after_ten_alike_events_about_other_pods_the_rest_join_one_series() {
+        let mut s = Series::new("crane-operator", None);
+        let t0 = Timestamp::now();
+        let created = |i: usize| Event {
+            secondary: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some(format!("p{i}")),
+                ..ObjectReference::default()
+            }),
+            ..ev("SuccessfulCreate")
+        };
+        let creates = (0..200)
+            .filter(|i| matches!(s.observe(created(*i), &crs(), t0), Write::Create(_)))
+            .count();
+        assert_eq!(creates, SIMILAR_EVENTS as usize + 1);
+        let flushed = s.flush(t0);
+        assert_eq!(flushed[0].series.as_ref().unwrap().count, 190);
+        assert!(
+            flushed[0]
+                .note
+                .as_deref()
+                .unwrap()
+                .starts_with("(combined from similar events)")
+        );
+        assert!(flushed[0].related.is_none());
+    }
+
+    #[test]
+    fn event_notes_fit_in_one_kilobyte() {
+        let long = "é".repeat(800);
+        let note = truncate_note(long);
+        assert!(note.len() <= 1024 && note.ends_with('…'));
+        assert_eq!(truncate_note("short".into()), "short");
     }
 }
