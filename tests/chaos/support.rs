@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crane_operator::api::CraneReplicaSet;
-use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::harness::*;
@@ -403,42 +402,20 @@ pub struct SpecHistory {
 impl SpecHistory {
     pub async fn start(env: &TestEnv, name: &str) -> Self {
         let values = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+        let seen = values.clone();
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(env.crs(), config).default_backoff();
-        let task = {
-            let (values, errors) = (values.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut synced_tx = Some(synced_tx);
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    let record = |crs: &CraneReplicaSet| {
-                        let mut v = values.lock().unwrap_or_else(|e| e.into_inner());
-                        if v.last() != Some(&crs.spec.replicas) {
-                            v.push(crs.spec.replicas);
-                        }
-                    };
-                    match event {
-                        Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => record(&c),
-                        Ok(watcher::Event::InitDone) => {
-                            if let Some(tx) = synced_tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(e.to_string()),
-                    }
+        let (task, errors) = watch_in_background(
+            env.crs(),
+            config,
+            "the CraneReplicaSet watch",
+            move |crs: &CraneReplicaSet, deleted| {
+                let mut v = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if !deleted && v.last() != Some(&crs.spec.replicas) {
+                    v.push(crs.spec.replicas);
                 }
-            })
-        };
-        tokio::time::timeout(SHORT, synced_rx)
-            .await
-            .expect("the CraneReplicaSet watch lists in time")
-            .expect("the watch task runs");
+            },
+        )
+        .await;
         Self {
             values,
             errors,

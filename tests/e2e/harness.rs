@@ -535,6 +535,55 @@ pub fn metric_type<'a>(text: &'a str, family: &str) -> Option<&'a str> {
     })
 }
 
+/// Watches `api` in the background and hands every object event to `record` (with `true`
+/// for a deletion); returns once the initial list is in. Watch errors are collected: after
+/// one, the watch re-lists, and what happened in the gap may have gone unseen.
+pub async fn watch_in_background<K>(
+    api: Api<K>,
+    config: kube::runtime::watcher::Config,
+    what: &str,
+    mut record: impl FnMut(&K, bool) + Send + 'static,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<String>>>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let stream = watcher(api, config).default_backoff();
+    let task = {
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut synced_tx = Some(synced_tx);
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        record(&o, false)
+                    }
+                    Ok(watcher::Event::Delete(o)) => record(&o, true),
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = synced_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Init) => {}
+                    Err(e) => errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e.to_string()),
+                }
+            }
+        })
+    };
+    tokio::time::timeout(SHORT, synced_rx)
+        .await
+        .unwrap_or_else(|_| panic!("{what} lists in time"))
+        .unwrap_or_else(|_| panic!("{what} runs"));
+    (task, errors)
+}
+
 /// When a pod was seen first and seen gone (or terminating), by the test's clock.
 #[derive(Clone, Debug)]
 #[allow(dead_code)] // read by the chaos tests
@@ -569,58 +618,31 @@ impl PodsEverSeen {
     }
 
     pub async fn start(env: &TestEnv) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
         let pods = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
-        let stream = watcher(env.pods(), watcher::Config::default()).default_backoff();
-        let task = {
-            let (pods, errors) = (pods.clone(), errors.clone());
-            tokio::spawn(async move {
-                let mut synced_tx = Some(synced_tx);
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    let now = jiff::Timestamp::now();
-                    let seen = |p: &k8s_openapi::api::core::v1::Pod, gone: bool| {
-                        let Some(uid) = p.uid() else { return };
-                        let mut map = pods.lock().unwrap_or_else(|e| e.into_inner());
-                        let entry = map.entry(uid).or_insert_with(|| PodSighting {
-                            name: p.name_any(),
-                            first_seen: now,
-                            gone_seen: None,
-                        });
-                        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-                        let ended = matches!(phase, Some("Succeeded" | "Failed"));
-                        if (gone || ended || p.metadata.deletion_timestamp.is_some())
-                            && entry.gone_seen.is_none()
-                        {
-                            entry.gone_seen = Some(now);
-                        }
-                    };
-                    match event {
-                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                            seen(&p, false)
-                        }
-                        Ok(watcher::Event::Delete(p)) => seen(&p, true),
-                        Ok(watcher::Event::InitDone) => {
-                            if let Some(tx) = synced_tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Ok(watcher::Event::Init) => {}
-                        Err(e) => errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(e.to_string()),
-                    }
+        let map = pods.clone();
+        let (task, errors) = watch_in_background(
+            env.pods(),
+            kube::runtime::watcher::Config::default(),
+            "the pod watch",
+            move |p: &Pod, gone| {
+                let now = jiff::Timestamp::now();
+                let Some(uid) = p.uid() else { return };
+                let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = map.entry(uid).or_insert_with(|| PodSighting {
+                    name: p.name_any(),
+                    first_seen: now,
+                    gone_seen: None,
+                });
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                let ended = matches!(phase, Some("Succeeded" | "Failed"));
+                if (gone || ended || p.metadata.deletion_timestamp.is_some())
+                    && entry.gone_seen.is_none()
+                {
+                    entry.gone_seen = Some(now);
                 }
-            })
-        };
-        tokio::time::timeout(SHORT, synced_rx)
-            .await
-            .expect("the pod watch lists the namespace in time")
-            .expect("the pod watch task runs");
+            },
+        )
+        .await;
         Self { pods, errors, task }
     }
 
