@@ -1,6 +1,6 @@
-//! The operator's API client: kube's stack (base URI, authentication, extra headers, and
-//! the retry layer that honours `Retry-After` on 429, 503 and 504), over HTTP/2 when the
-//! API server offers it, as client-go does.
+//! The operator's API client: kube's stack (base URI, authentication, extra headers) with
+//! client-go's retry rule ([`SafeRetry`]), over HTTP/2 when the API server offers it, as
+//! client-go does.
 //!
 //! kube 5 speaks HTTP/1.1 only, where every request in flight needs a connection of its
 //! own: a batch of 256 pod creations opens up to 256 TLS connections. Over HTTP/2 they share
@@ -10,19 +10,104 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ConfigExt};
 use kube::{Client, Config};
-use tower::retry::RetryLayer;
+use tower::retry::{Policy, RetryLayer};
 use tower::{BoxError, ServiceBuilder};
+
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 
 /// Health checks of an idle HTTP/2 connection (client-go: `ReadIdleTimeout` 30 s).
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// A client for `config`, over HTTP/2 where the server offers it. A proxied configuration
-/// gets kube's own client.
+/// Retries of one request, at most (client-go: 10).
+const MAX_RETRIES: u32 = 10;
+/// The longest `Retry-After` honoured: a request waits no longer than this per retry.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// client-go's retry rule: a request refused with `Retry-After` is sent again after that
+/// many seconds, at most [`MAX_RETRIES`] times; without the header it fails at once, to
+/// the caller's own backoff. 429 (API Priority and Fairness: the request was not served)
+/// is retried for every method; 503 and 504 only for requests that may be repeated.
+///
+/// A POST answered 503 or 504 may have been carried out: a pod create sent again with
+/// `generateName` would make a second pod (kube's `RetryPolicy` does that, kube-rs#2082).
+/// Every other write of the operator is idempotent or fails cleanly when repeated (a
+/// PATCH sets values, a DELETE carries the pod's UID, a Lease PUT its resourceVersion).
+#[derive(Clone, Debug, Default)]
+pub struct SafeRetry {
+    retries: u32,
+}
+
+impl SafeRetry {
+    /// How long to wait before sending the request again, or `None` not to.
+    fn delay(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        retry_after: Option<&HeaderValue>,
+    ) -> Option<Duration> {
+        let retryable = match status {
+            StatusCode::TOO_MANY_REQUESTS => true,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => method != Method::POST,
+            _ => false,
+        };
+        if !retryable || self.retries >= MAX_RETRIES {
+            return None;
+        }
+        let seconds: u64 = retry_after?.to_str().ok()?.trim().parse().ok()?;
+        Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+    }
+}
+
+impl<Res> Policy<Request<Body>, Response<Res>, BoxError> for SafeRetry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<Body>,
+        result: &mut Result<Response<Res>, BoxError>,
+    ) -> Option<Self::Future> {
+        let response = result.as_ref().ok()?;
+        let delay = self.delay(
+            req.method(),
+            response.status(),
+            response.headers().get(RETRY_AFTER),
+        )?;
+        self.retries += 1;
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        // Only bodies held in memory can be sent twice (every request of the operator's).
+        let mut copy = Request::new(req.body().try_clone()?);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
+/// A client for `config`, over HTTP/2 where the server offers it, that retries as
+/// [`SafeRetry`] says.
 pub fn build(config: Config) -> Result<Client, kube::Error> {
+    stack(config, true)
+}
+
+/// The same without any retry: for the leader Lease, whose every request must end within
+/// the renew deadline (client-go's leader election makes no retries of its own either).
+pub fn build_without_retries(config: Config) -> Result<Client, kube::Error> {
+    stack(config, false)
+}
+
+fn stack(mut config: Config, retry: bool) -> Result<Client, kube::Error> {
     if config.proxy_url.is_some() || config.tls_server_name.is_some() {
+        // kube's own client (HTTP/1.1), without kube's retry layer, which would send a
+        // POST again.
+        config.default_retry = false;
         return Client::try_from(config);
     }
     let mut http = HttpConnector::new();
@@ -46,13 +131,69 @@ pub fn build(config: Config) -> Result<Client, kube::Error> {
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(
-            config
-                .default_retry
-                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
+            (retry && config.default_retry).then(|| RetryLayer::new(SafeRetry::default())),
         )
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
         .service(transport);
     Ok(Client::new(service, config.default_namespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delay(
+        retry: &SafeRetry,
+        method: Method,
+        status: u16,
+        after: Option<&str>,
+    ) -> Option<Duration> {
+        let after = after.map(|a| HeaderValue::from_str(a).unwrap());
+        retry.delay(
+            &method,
+            StatusCode::from_u16(status).unwrap(),
+            after.as_ref(),
+        )
+    }
+
+    #[test]
+    fn retries_as_client_go_and_never_resends_a_post_that_may_have_been_served() {
+        let fresh = SafeRetry::default();
+        let one = Some(Duration::from_secs(1));
+        assert_eq!(
+            delay(&fresh, Method::POST, 429, Some("1")),
+            one,
+            "429: not served"
+        );
+        assert_eq!(delay(&fresh, Method::POST, 504, Some("1")), None);
+        assert_eq!(delay(&fresh, Method::POST, 503, Some("1")), None);
+        for method in [Method::GET, Method::PATCH, Method::PUT, Method::DELETE] {
+            assert_eq!(
+                delay(&fresh, method.clone(), 503, Some("1")),
+                one,
+                "{method}"
+            );
+            assert_eq!(
+                delay(&fresh, method.clone(), 504, Some("1")),
+                one,
+                "{method}"
+            );
+        }
+        assert_eq!(delay(&fresh, Method::GET, 500, Some("1")), None);
+        assert_eq!(
+            delay(&fresh, Method::GET, 429, None),
+            None,
+            "no Retry-After: no retry"
+        );
+        assert_eq!(
+            delay(&fresh, Method::GET, 429, Some("3600")),
+            Some(MAX_RETRY_AFTER)
+        );
+        let spent = SafeRetry {
+            retries: MAX_RETRIES,
+        };
+        assert_eq!(delay(&spent, Method::GET, 429, Some("1")), None);
+    }
 }

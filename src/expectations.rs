@@ -5,6 +5,13 @@
 //! CraneReplicaSet records what it expects before it writes, the pod watch marks what it
 //! observes, and the planner only scales while nothing is outstanding (or the record is
 //! older than [`EXPECTATIONS_TIMEOUT`], in case a watch event was lost).
+//!
+//! Two rules keep one lost observation from blocking an object for good:
+//! - [`Expectations::expect`] replaces the record (`SetExpectations`), never adds to it: an
+//!   expired record's leftovers do not carry into the next write;
+//! - a record belongs to one incarnation of the object (its UID): a CraneReplicaSet deleted
+//!   and created again under the same name starts clean, and its predecessor's pods,
+//!   still being removed, do not count as its observations.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -18,9 +25,17 @@ pub type Key = String;
 
 #[derive(Debug)]
 struct Record {
+    /// The UID of the CraneReplicaSet the record is for.
+    owner: String,
     creations: usize,
     deletions: HashSet<String>,
     since: Instant,
+}
+
+impl Record {
+    fn fulfilled(&self) -> bool {
+        self.creations == 0 && self.deletions.is_empty()
+    }
 }
 
 /// Outstanding expectations per CraneReplicaSet. Cheap to share: one lock, short sections.
@@ -36,43 +51,37 @@ impl Expectations {
         f(&mut records)
     }
 
-    fn record<'a>(records: &'a mut HashMap<Key, Record>, key: &str) -> &'a mut Record {
-        records.entry(key.to_string()).or_insert_with(|| Record {
-            creations: 0,
-            deletions: HashSet::new(),
+    /// Before a pass writes: it will create `creations` pods and delete the pods with
+    /// these UIDs, for the CraneReplicaSet `owner` (its UID). Replaces whatever was
+    /// recorded before.
+    pub fn expect<'a>(
+        &self,
+        key: &str,
+        owner: &str,
+        creations: usize,
+        deletions: impl IntoIterator<Item = &'a str>,
+    ) {
+        let record = Record {
+            owner: owner.to_string(),
+            creations,
+            deletions: deletions.into_iter().map(str::to_string).collect(),
             since: Instant::now(),
-        })
+        };
+        self.with(|r| r.insert(key.to_string(), record));
     }
 
-    /// Before creating `n` pods.
-    pub fn expect_creations(&self, key: &str, n: usize) {
+    /// The watch saw a new pod of the CraneReplicaSet `owner`, or a creation failed and
+    /// will not be seen.
+    pub fn creation_observed(&self, key: &str, owner: &str) {
         self.with(|r| {
-            let rec = Self::record(r, key);
-            rec.creations += n;
-            rec.since = Instant::now();
-        });
-    }
-
-    /// Before deleting these pods.
-    pub fn expect_deletions<'a>(&self, key: &str, uids: impl IntoIterator<Item = &'a str>) {
-        self.with(|r| {
-            let rec = Self::record(r, key);
-            rec.deletions.extend(uids.into_iter().map(str::to_string));
-            rec.since = Instant::now();
-        });
-    }
-
-    /// The watch saw a new pod of this CraneReplicaSet, or a creation failed and will not
-    /// be seen.
-    pub fn creation_observed(&self, key: &str) {
-        self.with(|r| {
-            if let Some(rec) = r.get_mut(key) {
+            if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
                 rec.creations = rec.creations.saturating_sub(1);
             }
         });
     }
 
-    /// The watch saw this pod go (or start terminating), or its deletion failed.
+    /// The watch saw the pod `uid` go (or start terminating), or its deletion failed.
+    /// (A pod UID names one pod of one owner, so this needs no owner.)
     pub fn deletion_observed(&self, key: &str, uid: &str) {
         self.with(|r| {
             if let Some(rec) = r.get_mut(key) {
@@ -81,33 +90,30 @@ impl Expectations {
         });
     }
 
-    /// True when nothing is outstanding, or the outstanding record has timed out.
-    pub fn satisfied(&self, key: &str) -> bool {
-        self.satisfied_at(key, Instant::now())
+    /// True when nothing is outstanding for the CraneReplicaSet `owner`, or the
+    /// outstanding record has timed out (a lost watch event must not block it for good).
+    pub fn satisfied(&self, key: &str, owner: &str) -> bool {
+        self.satisfied_at(key, owner, Instant::now())
     }
 
-    fn satisfied_at(&self, key: &str, now: Instant) -> bool {
+    fn satisfied_at(&self, key: &str, owner: &str, now: Instant) -> bool {
         self.with(|r| match r.get(key) {
-            None => true,
-            Some(rec) => {
-                (rec.creations == 0 && rec.deletions.is_empty())
-                    || now.duration_since(rec.since) >= EXPECTATIONS_TIMEOUT
+            Some(rec) if rec.owner == owner => {
+                rec.fulfilled() || now.duration_since(rec.since) >= EXPECTATIONS_TIMEOUT
             }
+            // None recorded, or recorded for an earlier object of the same name.
+            _ => true,
         })
     }
 
-    /// Forget a CraneReplicaSet (deleted, or its record timed out and it re-plans).
+    /// Forget a CraneReplicaSet (deleted).
     pub fn forget(&self, key: &str) {
         self.with(|r| r.remove(key));
     }
 
     /// How many CraneReplicaSets have outstanding expectations (a metric).
     pub fn unsatisfied(&self) -> usize {
-        self.with(|r| {
-            r.values()
-                .filter(|rec| rec.creations > 0 || !rec.deletions.is_empty())
-                .count()
-        })
+        self.with(|r| r.values().filter(|rec| !rec.fulfilled()).count())
     }
 }
 
@@ -115,38 +121,40 @@ impl Expectations {
 mod tests {
     use super::*;
 
+    const NONE: [&str; 0] = [];
+
     #[test]
     fn creations_are_satisfied_once_all_are_observed() {
         let e = Expectations::default();
-        assert!(e.satisfied("ns/a"));
-        e.expect_creations("ns/a", 2);
-        assert!(!e.satisfied("ns/a"));
-        e.creation_observed("ns/a");
-        assert!(!e.satisfied("ns/a"));
-        e.creation_observed("ns/a");
-        assert!(e.satisfied("ns/a"));
-        assert!(e.satisfied("ns/b"), "keys are independent");
+        assert!(e.satisfied("ns/a", "u"));
+        e.expect("ns/a", "u", 2, NONE);
+        assert!(!e.satisfied("ns/a", "u"));
+        e.creation_observed("ns/a", "u");
+        assert!(!e.satisfied("ns/a", "u"));
+        e.creation_observed("ns/a", "u");
+        assert!(e.satisfied("ns/a", "u"));
+        assert!(e.satisfied("ns/b", "u"), "keys are independent");
     }
 
     #[test]
     fn deletions_are_tracked_by_uid() {
         let e = Expectations::default();
-        e.expect_deletions("ns/a", ["u1", "u2"]);
-        e.deletion_observed("ns/a", "u3");
+        e.expect("ns/a", "u", 0, ["p1", "p2"]);
+        e.deletion_observed("ns/a", "p3");
         assert_eq!(e.unsatisfied(), 1);
-        e.deletion_observed("ns/a", "u1");
-        e.deletion_observed("ns/a", "u2");
-        assert!(e.satisfied("ns/a"));
+        e.deletion_observed("ns/a", "p1");
+        e.deletion_observed("ns/a", "p2");
+        assert!(e.satisfied("ns/a", "u"));
         assert_eq!(e.unsatisfied(), 0);
     }
 
     #[test]
     fn observations_without_expectations_are_ignored() {
         let e = Expectations::default();
-        e.creation_observed("ns/a");
-        e.expect_creations("ns/a", 1);
+        e.creation_observed("ns/a", "u");
+        e.expect("ns/a", "u", 1, NONE);
         assert!(
-            !e.satisfied("ns/a"),
+            !e.satisfied("ns/a", "u"),
             "an earlier observation must not pre-pay a later expectation"
         );
     }
@@ -154,10 +162,44 @@ mod tests {
     #[test]
     fn outstanding_expectations_time_out() {
         let e = Expectations::default();
-        e.expect_creations("ns/a", 1);
+        e.expect("ns/a", "u", 1, NONE);
         let later = Instant::now() + EXPECTATIONS_TIMEOUT;
-        assert!(e.satisfied_at("ns/a", later));
+        assert!(e.satisfied_at("ns/a", "u", later));
         e.forget("ns/a");
-        assert!(e.satisfied("ns/a"));
+        assert!(e.satisfied("ns/a", "u"));
+    }
+
+    #[test]
+    fn a_lost_observation_does_not_block_the_writes_after_its_timeout() {
+        let e = Expectations::default();
+        e.expect("ns/a", "u", 3, NONE);
+        e.creation_observed("ns/a", "u");
+        e.creation_observed("ns/a", "u");
+        // The third creation is never seen; after the timeout the object plans again
+        // and writes anew. The new record is about the new writes alone.
+        e.expect("ns/a", "u", 2, ["p1"]);
+        e.creation_observed("ns/a", "u");
+        e.creation_observed("ns/a", "u");
+        e.deletion_observed("ns/a", "p1");
+        assert!(
+            e.satisfied("ns/a", "u"),
+            "the lost creation of the earlier write must not count"
+        );
+    }
+
+    #[test]
+    fn a_recreated_object_of_the_same_name_starts_clean() {
+        let e = Expectations::default();
+        e.expect("ns/a", "old", 5, NONE);
+        assert!(
+            e.satisfied("ns/a", "new"),
+            "the old object's record is not the new one's"
+        );
+        e.expect("ns/a", "new", 1, NONE);
+        // The old object's pods, still seen by the watch, are not the new one's creations.
+        e.creation_observed("ns/a", "old");
+        assert!(!e.satisfied("ns/a", "new"));
+        e.creation_observed("ns/a", "new");
+        assert!(e.satisfied("ns/a", "new"));
     }
 }

@@ -6,8 +6,11 @@
 //! record change, so clock skew between machines does not matter). The leader renews every
 //! `retry_period` and steps down by itself when it could not renew for `renew_deadline`,
 //! which is shorter than `lease_duration`: it has stopped before anyone else may start.
+//! Every request is bounded by that deadline, so a hung one cannot keep a leader leading
+//! (client-go bounds its renewals the same way); the Lease's client makes no retries.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -76,9 +79,21 @@ impl Elector {
     pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
         info!(lease = %self.name, identity = %self.identity, "campaigning for leadership");
         while !*stop.borrow() {
-            let leader = match self.attempt().await {
+            let started = Instant::now();
+            // A leader must renew before its deadline; a follower's attempt is bounded too.
+            let deadline = match self.last_renewal {
+                Some(renewed) if *leading.borrow() => renewed + self.timings.renew_deadline,
+                _ => started + self.timings.renew_deadline,
+            };
+            let attempt = match tokio::time::timeout_at(deadline, self.attempt()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("no answer before the renew deadline".to_string()),
+            };
+            let leader = match attempt {
                 Ok(Attempt::Leading) => {
-                    self.last_renewal = Some(Instant::now());
+                    // The renewTime written is from when the request was sent, and others
+                    // count from no earlier than that.
+                    self.last_renewal = Some(started);
                     true
                 }
                 Ok(Attempt::Following(holder)) => {
@@ -204,5 +219,93 @@ impl Elector {
             Ok(_) => info!(lease = %self.name, "released the leader lease"),
             Err(e) => warn!(error = %e, "could not release the leader lease; it expires by itself"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    fn timings() -> Timings {
+        Timings {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    fn lease(holder: &str) -> serde_json::Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "l", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    }
+
+    fn reply(status: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(body.to_string().into_bytes()))
+            .unwrap()
+    }
+
+    /// Answers the next request, which must be `method`.
+    async fn expect(handle: &mut Handle, method: Method, status: u16, body: serde_json::Value) {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        send.send_response(reply(status, body));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewal_hangs_steps_down_before_the_lease_expires_for_others() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let elector = Elector::new(Client::new(service, "ns"), "ns", "l", "me", timings());
+        let (leading_tx, mut leading) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(elector.run(leading_tx, stop));
+
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"});
+        expect(&mut handle, Method::GET, 404, not_found).await;
+        let sent = Instant::now();
+        expect(&mut handle, Method::POST, 201, lease("me")).await;
+        leading.wait_for(|l| *l).await.unwrap();
+
+        // The next renewal reads the Lease, then its write never gets an answer.
+        expect(&mut handle, Method::GET, 200, lease("me")).await;
+        let (_req, _never_answered) = handle.next_request().await.expect("the renewal");
+        leading.wait_for(|l| !*l).await.unwrap();
+        let stepped_down = sent.elapsed();
+        assert!(
+            stepped_down <= timings().renew_deadline,
+            "still leading {stepped_down:?} after the last renewal was sent"
+        );
+        assert!(stepped_down < timings().lease_duration);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_takes_over_only_after_the_lease_expired_on_its_own_clock() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let elector = Elector::new(Client::new(service, "ns"), "ns", "l", "me", timings());
+        let (leading_tx, leading) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(elector.run(leading_tx, stop));
+        let first_seen = Instant::now();
+        loop {
+            // The other holder never renews: the record stays the same.
+            expect(&mut handle, Method::GET, 200, lease("other")).await;
+            if first_seen.elapsed() >= timings().lease_duration {
+                break;
+            }
+            assert!(!*leading.borrow(), "took a Lease that had not expired");
+        }
+        expect(&mut handle, Method::PUT, 200, lease("me")).await;
+        let mut leading = leading;
+        leading.wait_for(|l| *l).await.unwrap();
     }
 }

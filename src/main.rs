@@ -85,10 +85,15 @@ async fn termination() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let config = kube::Config::infer()
+    // First, so that a port in use fails the start at once, not after the caches sync.
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
+    let kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
-    let client = client::build(config).context("could not set up the API client")?;
+    let client = client::build(kube_config.clone()).context("could not set up the API client")?;
+    controller::check_crd_served(&client, args.namespace.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
 
@@ -102,7 +107,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let server = tokio::spawn(metrics::serve(
-        args.metrics_addr,
+        listener,
         metrics.clone(),
         health.clone(),
         stopped(stop_rx.clone()),
@@ -132,8 +137,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .or_else(|| args.namespace.clone())
             .unwrap_or_else(|| "default".into());
+        // A standby serves nothing but is ready to: it must not hold up a rollout.
+        health.set_standby(true);
+        let lease_client = client::build_without_retries(kube_config)
+            .context("could not set up the Lease client")?;
         let elector = Elector::new(
-            client.clone(),
+            lease_client,
             &lease_ns,
             LEASE_NAME,
             &identity,
@@ -142,35 +151,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (leading_tx, mut leading) = watch::channel(false);
         let (release_tx, release_rx) = watch::channel(false);
         let election = tokio::spawn(elector.run(leading_tx, release_rx));
-        // Lead while elected; after losing the lease, campaign again rather than exit.
-        loop {
-            let mut stop = stop_rx.clone();
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                won = leading.wait_for(|l| *l) => if won.is_err() { break },
-            }
+        let mut stop = stop_rx.clone();
+        let elected = tokio::select! {
+            _ = stop.wait_for(|s| *s) => false,
+            won = leading.wait_for(|l| *l) => won.is_ok(),
+        };
+        if elected {
             metrics.leader.set(1);
-            let mut lost = leading.clone();
-            let stop = stop_rx.clone();
-            let until = async move {
-                let mut stop = stop;
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => {}
-                    _ = lost.wait_for(|l| !*l) => {}
-                }
-            };
-            controller::run(
-                client.clone(),
-                config.clone(),
+            health.set_standby(false);
+            let work = controller::run(
+                client,
+                config,
                 metrics.clone(),
                 health.clone(),
-                until,
-            )
-            .await;
-            metrics.leader.set(0);
-            if *stop_rx.borrow() {
-                break;
+                stopped(stop_rx.clone()),
+            );
+            // SIGTERM lets the passes in flight finish (while the lease is still renewed);
+            // a lost lease stops every write at once, as kube-controller-manager exits:
+            // another leader may start as soon as the lease expires.
+            tokio::select! {
+                () = work => {}
+                _ = leading.wait_for(|l| !*l) => {
+                    metrics.leader.set(0);
+                    anyhow::bail!("lost the leader lease: stopped all work and exiting (a restart campaigns again)");
+                }
             }
+            metrics.leader.set(0);
         }
         let _ = release_tx.send(true);
         // Releasing the lease needs the API server; without it the lease expires by itself.

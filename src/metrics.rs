@@ -122,25 +122,47 @@ impl Metrics {
 /// (and a liveness probe restarts it).
 pub const WATCH_FAILURE_GRACE: Duration = Duration::from_secs(120);
 
-/// Readiness (caches synced) and the health of each watch stream.
+/// A watch that has not failed for this long has recovered, even if no event came since:
+/// a broken watch is retried (and fails again) within its 5 s backoff ceiling.
+pub const WATCH_RECOVERED_AFTER: Duration = Duration::from_secs(15);
+
+/// Failures of one watch stream, since it last worked.
+#[derive(Clone, Copy)]
+struct Failing {
+    since: Instant,
+    last: Instant,
+}
+
+/// Readiness and the health of each watch stream.
+///
+/// Ready as kube-controller-manager and controller-runtime are: independent of the
+/// leader lease. A standby is ready (it serves nothing, but a rollout must be able to
+/// replace it); the leader is ready once its caches are synced.
 #[derive(Default)]
 pub struct Health {
-    ready: AtomicBool,
-    failing_since: Mutex<HashMap<&'static str, Instant>>,
+    synced: AtomicBool,
+    standby: AtomicBool,
+    failing: Mutex<HashMap<&'static str, Failing>>,
 }
 
 impl Health {
+    /// The controller's caches are synced.
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::SeqCst);
+        self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// This process waits for the leader lease (true), or leads (false).
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.standby.load(Ordering::SeqCst) || self.synced.load(Ordering::SeqCst)
     }
 
     /// A watch stream delivered an event.
     pub fn stream_ok(&self, stream: &'static str) {
-        self.failing_since
+        self.failing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(stream);
@@ -148,19 +170,35 @@ impl Health {
 
     /// A watch stream failed (it retries with backoff).
     pub fn stream_failed(&self, stream: &'static str) {
-        self.failing_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(stream)
-            .or_insert_with(Instant::now);
+        self.stream_failed_at(stream, Instant::now());
     }
 
-    /// The streams failing for longer than the grace period.
+    fn stream_failed_at(&self, stream: &'static str, now: Instant) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let f = failing.entry(stream).or_insert(Failing {
+            since: now,
+            last: now,
+        });
+        // A failure long after the last one starts a new episode: the watch worked meanwhile.
+        if now.duration_since(f.last) >= WATCH_RECOVERED_AFTER {
+            f.since = now;
+        }
+        f.last = now;
+    }
+
+    /// The streams failing without a break for longer than the grace period.
     pub fn unhealthy_streams(&self) -> Vec<&'static str> {
-        let failing = self.failing_since.lock().unwrap_or_else(|p| p.into_inner());
+        self.unhealthy_streams_at(Instant::now())
+    }
+
+    fn unhealthy_streams_at(&self, now: Instant) -> Vec<&'static str> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         let mut streams: Vec<_> = failing
             .iter()
-            .filter(|(_, since)| since.elapsed() > WATCH_FAILURE_GRACE)
+            .filter(|(_, f)| {
+                now.duration_since(f.since) > WATCH_FAILURE_GRACE
+                    && now.duration_since(f.last) < WATCH_RECOVERED_AFTER
+            })
             .map(|(s, _)| *s)
             .collect();
         streams.sort_unstable();
@@ -174,9 +212,14 @@ struct Shared {
     health: Arc<Health>,
 }
 
-/// Serves the endpoints until `shutdown` resolves.
+/// Takes the endpoints' address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves the endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -186,7 +229,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Shared { metrics, health });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -217,7 +260,10 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     if s.health.is_ready() {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leading, caches not synced yet\n",
+        )
     }
 }
 
@@ -249,7 +295,46 @@ mod tests {
         h.stream_failed("pods");
         assert!(h.unhealthy_streams().is_empty());
         h.stream_ok("pods");
+        assert!(h.unhealthy_streams().is_empty());
+    }
+
+    #[test]
+    fn a_stream_failing_without_a_break_is_unhealthy_after_the_grace() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        let mut t = t0;
+        while t <= t0 + WATCH_FAILURE_GRACE + Duration::from_secs(5) {
+            h.stream_failed_at("crs", t);
+            t += Duration::from_secs(5);
+        }
+        assert_eq!(h.unhealthy_streams_at(t), ["crs"]);
+    }
+
+    /// A quiet watch that failed once and resumed delivers no event to say so: it must
+    /// not be reported unhealthy (and restarted by the liveness probe) two minutes later.
+    #[test]
+    fn one_failure_on_a_quiet_watch_is_not_unhealthy_later() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        h.stream_failed_at("pods", t0);
+        let later = t0 + WATCH_FAILURE_GRACE + Duration::from_secs(1);
+        assert!(h.unhealthy_streams_at(later).is_empty());
+        // A new failure much later starts a new episode, not one 2 minutes old.
+        h.stream_failed_at("pods", later);
+        assert!(
+            h.unhealthy_streams_at(later + Duration::from_secs(1))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_a_leader_once_its_caches_are_synced() {
+        let h = Health::default();
         assert!(!h.is_ready());
+        h.set_standby(true);
+        assert!(h.is_ready(), "a standby must not hold up a rollout");
+        h.set_standby(false);
+        assert!(!h.is_ready(), "a new leader syncs its caches first");
         h.set_ready();
         assert!(h.is_ready());
     }

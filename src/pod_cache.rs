@@ -5,6 +5,11 @@
 //! namespace), not a copy of every pod watched; and a `PodFacts` is a fraction of the size
 //! of even a slimmed `Pod`. It follows the watch as kube's reflector store does: a (re)list
 //! is collected on the side and replaces the contents when it is complete.
+//!
+//! Each event returns what it changed in the contents ([`Change`]), so the controller
+//! learns of pods only once a pass can read them; a relist reports its whole difference
+//! when it completes, deletions missed while the watch was down included (what
+//! client-go's informers deliver as `DeletedFinalStateUnknown`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -40,41 +45,110 @@ impl Default for PodCache {
     }
 }
 
-fn insert(namespaces: &mut Namespaces, pod: &Pod) {
-    namespaces
-        .entry(pod.namespace().unwrap_or_default())
-        .or_default()
-        .insert(pod.name_any(), Arc::new(PodFacts::from_pod(pod)));
+/// One pod whose cached facts changed: before and after (`None`: not cached). A pod
+/// replaced by another of the same name is one change with two UIDs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub namespace: String,
+    pub before: Option<Arc<PodFacts>>,
+    pub after: Option<Arc<PodFacts>>,
 }
 
-impl PodCache {
-    /// Takes one event of the pod watch.
-    pub fn apply(&self, event: &watcher::Event<Pod>) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        match event {
-            watcher::Event::Init => state.relist = Some(Namespaces::new()),
-            watcher::Event::InitApply(pod) => insert(state.relist.get_or_insert_default(), pod),
-            watcher::Event::InitDone => {
-                state.namespaces = state.relist.take().unwrap_or_default();
-                self.ready.send_replace(true);
-            }
-            watcher::Event::Apply(pod) => insert(&mut state.namespaces, pod),
-            watcher::Event::Delete(pod) => {
-                let ns = pod.namespace().unwrap_or_default();
-                if let Some(pods) = state.namespaces.get_mut(&ns) {
-                    pods.remove(&pod.name_any());
-                    if pods.is_empty() {
-                        state.namespaces.remove(&ns);
-                    }
-                }
+fn insert(
+    namespaces: &mut Namespaces,
+    pod: &Pod,
+) -> (String, Option<Arc<PodFacts>>, Arc<PodFacts>) {
+    let ns = pod.namespace().unwrap_or_default();
+    let facts = Arc::new(PodFacts::from_pod(pod));
+    let before = namespaces
+        .entry(ns.clone())
+        .or_default()
+        .insert(pod.name_any(), facts.clone());
+    (ns, before, facts)
+}
+
+/// What differs between two contents, pod by pod.
+fn difference(old: &Namespaces, new: &Namespaces) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (ns, pods) in new {
+        let old_pods = old.get(ns);
+        for (name, after) in pods {
+            let before = old_pods.and_then(|p| p.get(name));
+            if before.is_none_or(|b| b != after) {
+                changes.push(Change {
+                    namespace: ns.clone(),
+                    before: before.cloned(),
+                    after: Some(after.clone()),
+                });
             }
         }
     }
+    for (ns, pods) in old {
+        let new_pods = new.get(ns);
+        for (name, before) in pods {
+            if new_pods.is_none_or(|p| !p.contains_key(name)) {
+                changes.push(Change {
+                    namespace: ns.clone(),
+                    before: Some(before.clone()),
+                    after: None,
+                });
+            }
+        }
+    }
+    changes
+}
 
-    /// The UID of the cached pod of this name, if there is one.
-    pub fn uid(&self, namespace: &str, name: &str) -> Option<String> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        Some(state.namespaces.get(namespace)?.get(name)?.uid.clone())
+impl PodCache {
+    /// Takes one event of the pod watch; returns what it changed in the contents that
+    /// passes read (nothing until a relist completes, then all it changed).
+    pub fn apply(&self, event: &watcher::Event<Pod>) -> Vec<Change> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        match event {
+            watcher::Event::Init => {
+                state.relist = Some(Namespaces::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                insert(state.relist.get_or_insert_default(), pod);
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let new = state.relist.take().unwrap_or_default();
+                let changes = difference(&state.namespaces, &new);
+                state.namespaces = new;
+                self.ready.send_replace(true);
+                changes
+            }
+            watcher::Event::Apply(pod) => {
+                let (namespace, before, after) = insert(&mut state.namespaces, pod);
+                if before.as_ref() == Some(&after) {
+                    return Vec::new();
+                }
+                vec![Change {
+                    namespace,
+                    before,
+                    after: Some(after),
+                }]
+            }
+            watcher::Event::Delete(pod) => {
+                let ns = pod.namespace().unwrap_or_default();
+                let Some(pods) = state.namespaces.get_mut(&ns) else {
+                    return Vec::new();
+                };
+                let before = pods.remove(&pod.name_any());
+                if pods.is_empty() {
+                    state.namespaces.remove(&ns);
+                }
+                before
+                    .map(|before| Change {
+                        namespace: ns,
+                        before: Some(before),
+                        after: None,
+                    })
+                    .into_iter()
+                    .collect()
+            }
+        }
     }
 
     /// The pods of `namespace` that the CraneReplicaSet with `uid` may act on: those it
@@ -143,22 +217,86 @@ mod tests {
         cache.apply(&watcher::Event::Apply(pod("a", "theirs", Some("u2"))));
         cache.apply(&watcher::Event::Apply(pod("b", "elsewhere", Some("u1"))));
         assert_eq!(names(cache.candidates("a", "u1")), ["mine", "orphan"]);
-        assert_eq!(cache.uid("a", "mine").as_deref(), Some("uid-mine"));
         cache.apply(&watcher::Event::Delete(pod("a", "mine", Some("u1"))));
         assert_eq!(names(cache.candidates("a", "u1")), ["orphan"]);
         assert_eq!(cache.len(), 3);
     }
 
-    #[tokio::test]
-    async fn a_relist_replaces_the_contents_when_complete() {
+    /// (name, UID before, UID after) of each change, sorted.
+    fn summary(changes: Vec<Change>) -> Vec<(String, Option<String>, Option<String>)> {
+        let name = |c: &Change| {
+            c.after
+                .as_ref()
+                .or(c.before.as_ref())
+                .map(|p| p.name.clone())
+        };
+        let mut rows: Vec<_> = changes
+            .iter()
+            .map(|c| {
+                let uid = |p: &Option<Arc<PodFacts>>| p.as_ref().map(|p| p.uid.clone());
+                (name(c).unwrap_or_default(), uid(&c.before), uid(&c.after))
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    #[test]
+    fn events_report_what_they_changed() {
         let cache = PodCache::default();
-        cache.apply(&watcher::Event::Apply(pod("a", "gone", Some("u1"))));
-        cache.apply(&watcher::Event::Init);
-        cache.apply(&watcher::Event::InitApply(pod("a", "new", Some("u1"))));
+        let add = watcher::Event::Apply(pod("a", "p", Some("u1")));
+        assert_eq!(
+            summary(cache.apply(&add)),
+            [("p".into(), None, some("uid-p"))]
+        );
+        assert_eq!(
+            summary(cache.apply(&add)),
+            [],
+            "the same facts again change nothing"
+        );
+        let del = watcher::Event::Delete(pod("a", "p", Some("u1")));
+        assert_eq!(
+            summary(cache.apply(&del)),
+            [("p".into(), some("uid-p"), None)]
+        );
+        assert_eq!(
+            summary(cache.apply(&del)),
+            [],
+            "a pod not cached is no change"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relist_replaces_the_contents_when_complete_and_reports_the_difference() {
+        let cache = PodCache::default();
+        for name in ["kept", "gone"] {
+            cache.apply(&watcher::Event::Apply(pod("a", name, Some("u1"))));
+        }
+        assert_eq!(cache.apply(&watcher::Event::Init), []);
+        for name in ["kept", "new"] {
+            let listed = watcher::Event::InitApply(pod("a", name, Some("u1")));
+            assert_eq!(
+                cache.apply(&listed),
+                [],
+                "reported once the list is complete"
+            );
+        }
         // Until the list is complete, the old contents serve.
-        assert_eq!(names(cache.candidates("a", "u1")), ["gone"]);
-        cache.apply(&watcher::Event::InitDone);
-        assert_eq!(names(cache.candidates("a", "u1")), ["new"]);
+        assert_eq!(names(cache.candidates("a", "u1")), ["gone", "kept"]);
+        let changes = cache.apply(&watcher::Event::InitDone);
+        assert_eq!(names(cache.candidates("a", "u1")), ["kept", "new"]);
+        assert_eq!(
+            summary(changes),
+            [
+                ("gone".into(), some("uid-gone"), None),
+                ("new".into(), None, some("uid-new")),
+            ],
+            "a pod deleted while the watch was down is reported gone"
+        );
         cache.wait_until_ready().await;
     }
 }

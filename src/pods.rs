@@ -77,6 +77,8 @@ pub struct PodFacts {
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub controller: Controller,
+    /// The name of the CraneReplicaSet that controls it, if one does.
+    pub owner: Option<String>,
     pub terminating: bool,
     pub phase: Phase,
     pub node_name: Option<String>,
@@ -154,15 +156,18 @@ impl PodFacts {
             .map_or(0, |cs| {
                 cs.iter().map(|c| c.restart_count).max().unwrap_or(0)
             });
+        let controller = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true));
         Self {
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
             labels: pod.labels().clone(),
-            controller: pod
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .map_or(Controller::None, |o| Controller::Uid(o.uid.clone())),
+            controller: controller.map_or(Controller::None, |o| Controller::Uid(o.uid.clone())),
+            owner: controller
+                .filter(|o| o.kind == "CraneReplicaSet" && o.api_version.starts_with("crane.dev/"))
+                .map(|o| o.name.clone()),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             phase: Phase::parse(status.and_then(|s| s.phase.as_deref())),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -237,6 +242,7 @@ pub mod fixtures {
             uid: format!("uid-{name}"),
             labels: BTreeMap::from([("app".to_string(), "crane".to_string())]),
             controller: Controller::Uid(OURS.to_string()),
+            owner: Some("crane".to_string()),
             terminating: false,
             phase: Phase::Running,
             node_name: Some("node-1".to_string()),
@@ -251,6 +257,7 @@ pub mod fixtures {
     pub fn orphan(name: &str) -> PodFacts {
         PodFacts {
             controller: Controller::None,
+            owner: None,
             ..pod(name)
         }
     }
@@ -279,6 +286,7 @@ mod tests {
         .unwrap();
         let f = PodFacts::from_pod(&p);
         assert_eq!(f.controller, Controller::Uid("c1".into()));
+        assert_eq!(f.owner.as_deref(), Some("crane"));
         assert_eq!(f.deletion_cost, -5);
         assert_eq!(f.restarts, 3);
         assert_eq!(f.phase, Phase::Running);

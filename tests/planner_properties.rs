@@ -50,6 +50,7 @@ fn arb_pod() -> impl Strategy<Value = PodFacts> {
                         "app".into(),
                         if matching { "crane" } else { "other" }.into(),
                     )]),
+                    owner: matches!(controller, Controller::Uid(_)).then(|| "crane".into()),
                     controller,
                     terminating,
                     phase,
@@ -81,6 +82,7 @@ fn new_pod(n: usize) -> PodFacts {
         uid: format!("new-u{n}"),
         labels: BTreeMap::from([("app".into(), "crane".into())]),
         controller: Controller::Uid(OURS.into()),
+        owner: Some("crane".into()),
         terminating: false,
         phase: Phase::Pending,
         node_name: None,
@@ -176,7 +178,7 @@ proptest! {
             // The watch delivers what the cache now shows that the expectations wait for.
             for p in &cache {
                 if p.name.starts_with("new") && !history.iter().rev().skip(lag + 1).any(|h| h.iter().any(|q| q.uid == p.uid)) {
-                    expectations.creation_observed(KEY);
+                    expectations.creation_observed(KEY, OURS);
                 }
             }
             for gone in history.iter().rev().nth(lag + 1).into_iter().flatten() {
@@ -184,9 +186,10 @@ proptest! {
                     expectations.deletion_observed(KEY, &gone.uid);
                 }
             }
-            let p = plan(&d, &cache, expectations.satisfied(KEY));
-            expectations.expect_creations(KEY, p.create);
-            expectations.expect_deletions(KEY, p.delete.iter().map(|x| x.uid.as_str()));
+            let p = plan(&d, &cache, expectations.satisfied(KEY, OURS));
+            if p.create > 0 || !p.delete.is_empty() {
+                expectations.expect(KEY, OURS, p.create, p.delete.iter().map(|x| x.uid.as_str()));
+            }
             // Plans made from a stale cache may name pods that are already gone: skip those.
             let p = Plan {
                 adopt: p.adopt.into_iter().filter(|a| world.iter().any(|w| w.uid == a.uid)).collect(),
