@@ -1,0 +1,437 @@
+//! The controller shell: the watches ([`watch`]), the reconcile pass that carries out the
+//! planner's plan against the API server ([`reconcile`]), its pod writes ([`pods`]) and its
+//! Service ([`service`]), events, status writes and per-object backoff.
+
+mod pods;
+mod reconcile;
+mod service;
+mod watch;
+
+pub use reconcile::{error_policy, reconcile};
+use watch::{on_pod_event, owner_of, retry_failed_now, watch_backoff, watch_health};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt, future};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
+use crate::expectations::Expectations;
+use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
+use crate::planner::{self, Desired, Plan, Strategy};
+use crate::pod_cache::{Change, PodCache};
+use crate::pods::{PodFacts, new_pod, template_hash};
+use crate::recorder::{self, Series};
+use crate::service::{
+    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, port_missing,
+    service_name, service_status,
+};
+use crate::status::{self, Failure, Observed};
+
+/// The field manager of every write, and the events' reporting controller.
+pub const MANAGER: &str = "crane-operator";
+
+/// Per-object retry delays after failed passes: doubling from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long in-flight passes may take to finish after a shutdown request (Kubernetes gives
+/// a pod 30 s between SIGTERM and SIGKILL).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// A periodic look at every CraneReplicaSet, as a safety net for missed events. It reads
+/// only caches and writes nothing in a steady state.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Why a reconcile pass failed. Each carries what failed and on which object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{object}: invalid selector: {message}")]
+    Selector { object: String, message: String },
+    #[error("{object}: {}: {}", failure.reason, failure.message)]
+    Replicas { object: String, failure: Failure },
+    #[error("{object}: {}: {}", failure.reason, failure.message)]
+    Service { object: String, failure: Failure },
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "Kube",
+            Error::Selector { .. } => "InvalidSelector",
+            Error::Replicas { failure, .. } | Error::Service { failure, .. } => failure.reason,
+        }
+    }
+}
+
+/// What the controller was started with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Reconcile passes that may run at once.
+    pub concurrency: u16,
+    /// This process, for events (`reportingInstance`).
+    pub instance: Option<String>,
+}
+
+/// Shared by every reconcile pass.
+pub struct Context {
+    client: Client,
+    pods: Arc<PodCache>,
+    services: Store<Service>,
+    expectations: Arc<Expectations>,
+    /// To the event publisher (see [`recorder::publish`]).
+    events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
+    metrics: Arc<Metrics>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// The pod issue reason last announced by an event, per CraneReplicaSet.
+    announced: Mutex<HashMap<String, Option<String>>>,
+}
+
+/// `namespace/name` of an object: the key of expectations and backoff.
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn kube_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Kube {
+        action,
+        object,
+        source,
+    }
+}
+
+/// What a failed request says, for conditions and events: the API server's own message
+/// where there is one (the whole `Status` would bury it).
+fn error_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A write that failed this way may still have been carried out (kube-controller-manager
+/// keeps the expectation of a create that timed out).
+fn may_have_been_stored(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            status.code == 504 || matches!(status.reason.as_str(), "Timeout" | "ServerTimeout")
+        }
+        _ => false,
+    }
+}
+
+fn api_status(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+impl Context {
+    /// Drops what is kept per CraneReplicaSet, once it is gone.
+    fn forget(&self, key: &str) {
+        self.expectations.forget(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Publishes an event on the CraneReplicaSet, in the background: a reconcile pass never
+    /// waits for its events. `related` names the pod or Service it concerns, so that events
+    /// about different objects stay apart (up to a point: see [`recorder::SIMILAR_EVENTS`]).
+    fn event(
+        &self,
+        crs: &CraneReplicaSet,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: related,
+        };
+        // The publisher is gone only when the controller is shutting down.
+        let _ = self.events.send((ev, crs.object_ref(&())));
+    }
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails when the API server does not serve CraneReplicaSets (the CRD is not installed),
+/// instead of idling with a watch that can never work. Any other error (the API server
+/// is down, say) is left to the watches, which retry.
+pub async fn check_crd_served(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    let api = api_for::<CraneReplicaSet>(client, namespace);
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(e) if api_status(&e) == Some(404) => anyhow::bail!(
+            "the API server does not serve cranereplicasets.crane.dev/v1: install the CRD \
+             (kubectl apply --server-side -f manifests/crd.yaml, or the Helm chart) and start again"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not check that the CRD is served; starting anyway");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Aborts a spawned task when dropped: a controller whose future is dropped (its leader
+/// lease lost) must leave no task of its own writing behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; returns once in-flight passes finished.
+/// Dropping the future stops everything it started at once.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.namespace.as_deref();
+    let controller = Controller::new(
+        api_for::<CraneReplicaSet>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+    .trigger_backoff(watch_backoff());
+    let crs_cache = controller.store();
+    let expectations = Arc::new(Expectations::default());
+    let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
+
+    let pods = Arc::new(PodCache::default());
+    let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let pod_stream = {
+        let (cache, crs_cache, expectations, tx, health, failures) = (
+            pods.clone(),
+            crs_cache.clone(),
+            expectations.clone(),
+            trigger_tx.clone(),
+            health.clone(),
+            failures.clone(),
+        );
+        let mut watch_failed = false;
+        watcher(
+            api_for::<Pod>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .backoff(watch_backoff())
+        .for_each(move |event| {
+            watch_health(&health, "pods", event.as_ref().err());
+            // Only once a relist made the cache whole again: a resumed watch delivers what
+            // it missed one event at a time, and a pass in the middle of that could take
+            // the pods of a create that failed for us but was stored (an outage's classic)
+            // for missing ones.
+            match &event {
+                Err(_) => watch_failed = true,
+                Ok(watcher::Event::InitDone) if std::mem::take(&mut watch_failed) => {
+                    retry_failed_now(&failures, &tx)
+                }
+                Ok(_) => {}
+            }
+            if let Ok(event) = event {
+                for owner in on_pod_event(&event, &cache, &crs_cache, &expectations) {
+                    let _ = tx.unbounded_send(owner);
+                }
+            }
+            future::ready(())
+        })
+    };
+    let (services, service_writer) = reflector::store::<Service>();
+    let service_stream = {
+        let (tx, health) = (trigger_tx.clone(), health.clone());
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        watcher(
+            api_for::<Service>(&client, ns),
+            watcher::Config::default().labels(&selector).any_semantic(),
+        )
+        .backoff(watch_backoff())
+        .modify(|s| s.metadata.managed_fields = None)
+        .reflect(service_writer)
+        .for_each(move |event| {
+            watch_health(&health, "services", event.as_ref().err());
+            if let Ok(event) = event {
+                let touched = match event {
+                    watcher::Event::Apply(s)
+                    | watcher::Event::InitApply(s)
+                    | watcher::Event::Delete(s) => Some(s),
+                    _ => None,
+                };
+                if let Some((owner, _)) = touched.as_ref().and_then(owner_of) {
+                    let _ = tx.unbounded_send(owner);
+                }
+            }
+            future::ready(())
+        })
+    };
+    let watches = AbortOnDrop(tokio::spawn(future::join(pod_stream, service_stream)));
+
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "waiting for the pod and service caches to sync"
+    );
+    // SIGTERM (or a lost lease) may come before the caches sync, e.g. while the API
+    // server is down: stop then too.
+    let shutdown = shutdown.boxed().shared();
+    let synced = tokio::select! {
+        (_, synced) = future::join(pods.wait_until_ready(), services.wait_until_ready()) => synced,
+        () = shutdown.clone() => {
+            info!("stopped before the caches synced");
+            return;
+        }
+    };
+    if let Err(e) = synced {
+        warn!(error = %e, "a cache writer went away before syncing");
+        return;
+    }
+    info!(
+        pods = pods.len(),
+        services = services.len(),
+        "caches synced; reconciling"
+    );
+    health.set_ready();
+
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut publisher = AbortOnDrop(tokio::spawn(recorder::publish(
+        client.clone(),
+        Series::new(MANAGER, config.instance),
+        events_rx,
+    )));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods,
+        services,
+        expectations,
+        events: events_tx,
+        metrics,
+        failures,
+        announced: Mutex::default(),
+    });
+    let state = ctx.clone();
+    controller
+        .reconcile_on(trigger_rx)
+        // kube's runner holds queued passes until the CraneReplicaSet cache is ready, and a
+        // shutdown stops the watch that would make it ready: let it sync first (briefly).
+        .graceful_shutdown_on({
+            let (shutdown, crs_cache) = (shutdown.clone(), crs_cache.clone());
+            async move {
+                shutdown.await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), crs_cache.wait_until_ready())
+                    .await;
+            }
+        })
+        .run(reconcile, error_policy, ctx)
+        // In-flight passes get a grace period to finish; one stuck on an unreachable API
+        // server must not keep the process alive past it.
+        .take_until(shutdown.then(|()| tokio::time::sleep(SHUTDOWN_GRACE)))
+        .for_each(|result| {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "gone");
+                    let ns = obj.namespace.as_deref().unwrap_or_default();
+                    state.forget(&format!("{ns}/{}", obj.name));
+                }
+                // The CraneReplicaSet watch failed (it retries): a missing CRD or a lost
+                // RBAC grant must show in /healthz, not leave the process idle and healthy.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    watch_health(&health, "cranereplicasets", Some(&e));
+                }
+                Err(e) => warn!(error = %e, "controller stream error (retried)"),
+            }
+            future::ready(())
+        })
+        .await;
+    drop(watches);
+    // Let the events of the last passes out, but do not hang the shutdown on them.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut publisher.0).await;
+    info!("controller stopped");
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Pods and caches in one line, for the shell's tests.
+    use super::*;
+    use crate::api::fixtures::crane;
+    use serde_json::json;
+
+    pub const NONE: [&str; 0] = [];
+
+    pub fn pod(name: &str, owner: Option<(&str, &str)>) -> Pod {
+        let owners: Vec<_> = owner
+            .map(|(kind, uid)| json!({"apiVersion": if kind == "CraneReplicaSet" { "crane.dev/v1" } else { "apps/v1" },
+                "kind": kind, "name": "crane", "uid": uid, "controller": true}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "labels": {"app": "crane"}, "ownerReferences": owners}}),
+        )
+        .unwrap()
+    }
+
+    pub fn stores() -> (PodCache, Store<CraneReplicaSet>) {
+        let (crs, mut crs_writer) = reflector::store::<CraneReplicaSet>();
+        crs_writer.apply_watcher_event(&watcher::Event::Apply(crane(1)));
+        (PodCache::default(), crs)
+    }
+
+    pub fn ours(name: &str) -> Pod {
+        pod(name, Some(("CraneReplicaSet", "crs-uid")))
+    }
+
+    pub fn crane_ref() -> Vec<ObjectRef<CraneReplicaSet>> {
+        vec![ObjectRef::new("crane").within("default")]
+    }
+}

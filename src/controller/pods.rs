@@ -1,0 +1,229 @@
+//! The pass's writes to pods: claims (adopt, release, label), creations in slow-start
+//! batches, deletions by UID.
+
+use super::*;
+
+pub(super) fn pod_ref(crs: &CraneReplicaSet, pod: &PodFacts) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name.clone()),
+        namespace: crs.namespace(),
+        uid: Some(pod.uid.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+/// Adopts matching orphans, releases pods that stopped matching, and puts [`OWNER_LABEL`]
+/// on every pod counted (the Service selects on it).
+pub(super) async fn claim_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    plan: &Plan,
+    pods: &[PodFacts],
+    selector: &Selector,
+) -> Result<(), Error> {
+    let name = crs.name_any();
+    let uid = crs.uid().unwrap_or_default();
+    let needs_label: Vec<&PodFacts> = pods
+        .iter()
+        .filter(|p| p.labels.get(OWNER_LABEL) != Some(&name))
+        .filter(|p| {
+            p.controller == crate::pods::Controller::Uid(uid.clone()) && selector.matches(&p.labels)
+        })
+        .filter(|p| !p.terminating)
+        .collect();
+    if !plan.adopt.is_empty() {
+        // The cache may be stale: adopt only if the CraneReplicaSet is still this one and
+        // is not being deleted, read fresh from the API server.
+        let crs_api: Api<CraneReplicaSet> =
+            Api::namespaced(ctx.client.clone(), &crs.namespace().unwrap_or_default());
+        let fresh = crs_api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("re-check before adopting", key_of(crs)))?;
+        let current =
+            fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
+        if current {
+            let owner = crate::service::controller_ref(crs);
+            for pod in &plan.adopt {
+                let patch = json!({"metadata": {
+                    "uid": pod.uid, "ownerReferences": [owner], "labels": {OWNER_LABEL: name}}});
+                patch_pod(api, pod, patch, "adopt").await?;
+                info!(object = %key_of(crs), pod = %pod.name, "adopted orphan pod");
+            }
+        }
+    }
+    for pod in needs_label {
+        let patch = json!({"metadata": {"uid": pod.uid, "labels": {OWNER_LABEL: name}}});
+        patch_pod(api, pod, patch, "label").await?;
+    }
+    for pod in &plan.release {
+        let patch = json!({"metadata": {
+            "uid": pod.uid,
+            "ownerReferences": [{"$patch": "delete", "uid": uid}],
+            "labels": {OWNER_LABEL: null}}});
+        patch_pod(api, pod, patch, "release").await?;
+        info!(object = %key_of(crs), pod = %pod.name, "released pod whose labels no longer match");
+    }
+    Ok(())
+}
+
+/// A strategic-merge patch of one pod. A pod that is gone or was replaced (its UID in the
+/// patch no longer matches) is skipped: the next pass sees the new state.
+pub(super) async fn patch_pod(
+    api: &Api<Pod>,
+    pod: &PodFacts,
+    patch: serde_json::Value,
+    action: &'static str,
+) -> Result<(), Error> {
+    match api
+        .patch(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(api_status(&e), Some(404 | 409 | 422)) => {
+            debug!(pod = %pod.name, action, error = %e, "pod changed under us; skipped");
+            Ok(())
+        }
+        Err(e) => Err(kube_err(action, format!("pod {}", pod.name))(e)),
+    }
+}
+
+/// Creates `n` pods in slow-start batches; stops at the first failing batch.
+pub(super) async fn create_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    n: usize,
+) -> Option<Failure> {
+    let key = key_of(crs);
+    let uid = crs.uid().unwrap_or_default();
+    let pod = new_pod(crs);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    let mut issued = 0;
+    for batch in planner::slow_start_batches(n) {
+        issued += batch;
+        let started = Instant::now();
+        let results = future::join_all((0..batch).map(|_| async {
+            let result = api.create(&params, &pod).await;
+            match &result {
+                Ok(created) => {
+                    ctx.metrics.pods_created.inc();
+                    let note = format!("Created pod: {}", created.name_any());
+                    let related = Some(created.object_ref(&()));
+                    ctx.event(
+                        crs,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        "Create",
+                        note,
+                        related,
+                    );
+                }
+                Err(e) => {
+                    ctx.event(
+                        crs,
+                        EventType::Warning,
+                        "FailedCreate",
+                        "Create",
+                        format!("Error creating: {}", error_message(e)),
+                        None,
+                    );
+                }
+            }
+            result
+        }))
+        .await;
+        debug!(object = %key, batch, took = ?started.elapsed(), "created a batch of pods");
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                // A server-side timeout may still have created the pod: the watch will say,
+                // and until then (or the expectations' timeout) no pass makes it again.
+                Err(e) if may_have_been_stored(&e) => {}
+                Err(e) => {
+                    ctx.expectations.creation_observed(&key, &uid);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for _ in issued..n {
+                ctx.expectations.creation_observed(&key, &uid);
+            }
+            warn!(object = %key, error = %e, "creating pods failed");
+            return Some(Failure {
+                reason: "FailedCreate",
+                message: error_message(&e),
+            });
+        }
+    }
+    None
+}
+
+/// Deletes the chosen pods, each only if it is still the pod that was chosen (UID).
+pub(super) async fn delete_pods(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    api: &Api<Pod>,
+    victims: &[PodFacts],
+) -> Option<Failure> {
+    let key = key_of(crs);
+    let results = future::join_all(victims.iter().map(|pod| async {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(pod.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let result = api.delete(&pod.name, &params).await;
+        match &result {
+            Ok(_) => {
+                ctx.metrics.pods_deleted.inc();
+                let note = format!("Deleted pod: {}", pod.name);
+                let related = Some(pod_ref(crs, pod));
+                ctx.event(
+                    crs,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    "Delete",
+                    note,
+                    related,
+                );
+            }
+            Err(e) if matches!(api_status(e), Some(404 | 409)) => {
+                ctx.expectations.deletion_observed(&key, &pod.uid);
+            }
+            Err(e) => {
+                ctx.expectations.deletion_observed(&key, &pod.uid);
+                let note = format!("Error deleting pod {}: {}", pod.name, error_message(e));
+                let related = Some(pod_ref(crs, pod));
+                ctx.event(
+                    crs,
+                    EventType::Warning,
+                    "FailedDelete",
+                    "Delete",
+                    note,
+                    related,
+                );
+            }
+        }
+        result
+    }))
+    .await;
+    results
+        .into_iter()
+        .filter_map(Result::err)
+        .find(|e| !matches!(api_status(e), Some(404 | 409)))
+        .map(|e| Failure {
+            reason: "FailedDelete",
+            message: error_message(&e),
+        })
+}

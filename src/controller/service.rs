@@ -1,0 +1,137 @@
+//! The pass's Service: applied, reverted, recreated, re-adopted or deleted.
+
+use super::*;
+
+/// Applies, reverts, recreates or deletes the Service; returns what its status shows.
+pub(super) async fn sync_service(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<ServiceStatus>, Error> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = crs.uid();
+    let is_ours = |s: &Service| {
+        s.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+    };
+    let wanted = crs.spec.service.enabled.then(|| service_name(crs));
+    let owned: Vec<Arc<Service>> = ctx
+        .services
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns) && is_ours(s))
+        .collect();
+    for stale in owned.iter().filter(|s| Some(s.name_any()) != wanted) {
+        match api
+            .delete(&stale.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {
+                let note = format!("Deleted service: {}", stale.name_any());
+                let related = Some(stale.object_ref(&()));
+                ctx.event(
+                    crs,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    "Delete",
+                    note,
+                    related,
+                );
+            }
+            Err(e) if api_status(&e) == Some(404) => {}
+            Err(e) => {
+                return Err(kube_err("delete", format!("service {}", stale.name_any()))(
+                    e,
+                ));
+            }
+        }
+    }
+    let Some(name) = wanted else { return Ok(None) };
+    let desired = desired_service(crs).map_err(|e| Error::Service {
+        object: key_of(crs),
+        failure: Failure {
+            reason: "InvalidServicePort",
+            message: e.to_string(),
+        },
+    })?;
+    let live = match ctx.services.get(&ObjectRef::new(&name).within(ns)) {
+        Some(live) => Some(live),
+        // Not in the cache (which holds only labelled Services): ask the API server, so a
+        // Service that someone else made is never taken over.
+        None => api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get", format!("service {name}")))?
+            .map(Arc::new),
+    };
+    if let Some(live) = &live {
+        if !is_ours(live) {
+            return Err(Error::Service {
+                object: key_of(crs),
+                failure: Failure {
+                    reason: "ServiceConflict",
+                    message: format!(
+                        "Service {name} exists and is not controlled by this CraneReplicaSet; delete it or set spec.service.name"
+                    ),
+                },
+            });
+        }
+        if !has_drifted(live, &desired) {
+            return Ok(Some(service_status(live)));
+        }
+        if port_missing(live, &desired) {
+            // Someone edited the port: put the whole list back first (a JSON merge patch
+            // replaces lists), then apply as usual.
+            let ports = json!({"spec": {"ports": desired.spec.as_ref().map(|s| &s.ports)}});
+            api.patch(
+                &name,
+                &PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&ports),
+            )
+            .await
+            .map_err(kube_err("restore the ports of", format!("service {name}")))?;
+        }
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .map_err(|e| match api_status(&e) {
+            // Refused for what the CraneReplicaSet asks (an invalid Service, or one its
+            // quota or policy forbids): retrying alone will not help, so say so.
+            Some(code @ (400 | 403 | 422)) => Error::Service {
+                object: key_of(crs),
+                failure: Failure {
+                    reason: if code == 403 {
+                        "ServiceForbidden"
+                    } else {
+                        "InvalidService"
+                    },
+                    message: format!("Service {name} was refused: {}", error_message(&e)),
+                },
+            },
+            _ => kube_err("apply", format!("service {name}"))(e),
+        })?;
+    if live.is_none() {
+        let note = format!("Created service: {name}");
+        let related = Some(applied.object_ref(&()));
+        ctx.event(
+            crs,
+            EventType::Normal,
+            "SuccessfulCreate",
+            "Create",
+            note,
+            related,
+        );
+    } else {
+        info!(object = %key_of(crs), service = %name, "reverted changes to the service's owned fields");
+    }
+    Ok(Some(service_status(&applied)))
+}

@@ -1,0 +1,272 @@
+//! The pod and Service watches: what each change means for the expectations and which
+//! CraneReplicaSets it brings to a pass; their backoff and health.
+
+use super::*;
+
+/// The owner CraneReplicaSet of a child object and its UID, from its controller
+/// ownerReference.
+pub(super) fn owner_of<K: Resource>(obj: &K) -> Option<(ObjectRef<CraneReplicaSet>, String)> {
+    let owner = obj.owner_references().iter().find(|o| {
+        o.controller == Some(true)
+            && o.kind == "CraneReplicaSet"
+            && o.api_version.starts_with("crane.dev/")
+    })?;
+    let crs = ObjectRef::new(&owner.name).within(&obj.namespace()?);
+    Some((crs, owner.uid.clone()))
+}
+
+/// What changes in the pod cache mean for the controller.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Sightings {
+    /// The CraneReplicaSets to reconcile.
+    triggers: Vec<ObjectRef<CraneReplicaSet>>,
+    /// Pods that appeared, each as (key, UID) of the CraneReplicaSet that controls it.
+    created: Vec<(String, String)>,
+    /// Pods that went or started terminating, each as (key of its CraneReplicaSet, pod UID).
+    deleted: Vec<(String, String)>,
+}
+
+impl Sightings {
+    /// What the cache's changes show: a pod is created when its UID first appears, and
+    /// deleted when its UID disappears (a watch event, or a relist that no longer lists
+    /// it) or it starts terminating. The owners on both sides are reconciled, so a pod
+    /// that loses its controller reference brings its former owner to look, and an
+    /// orphan brings every CraneReplicaSet of its namespace that selects it.
+    fn of(changes: &[Change], crs_cache: &Store<CraneReplicaSet>) -> Self {
+        let mut seen = Sightings::default();
+        for Change {
+            namespace: ns,
+            before,
+            after,
+        } in changes
+        {
+            let key = |p: &PodFacts| p.owner.as_ref().map(|owner| format!("{ns}/{owner}"));
+            for pod in before.iter().chain(after) {
+                if let Some(owner) = &pod.owner {
+                    seen.triggers.push(ObjectRef::new(owner).within(ns));
+                }
+            }
+            let replaced = before.as_ref().map(|b| &b.uid) != after.as_ref().map(|a| &a.uid);
+            if let Some(after) = after {
+                if let (Some(key), crate::pods::Controller::Uid(owner)) =
+                    (key(after), &after.controller)
+                {
+                    if replaced {
+                        seen.created.push((key.clone(), owner.clone()));
+                    }
+                    if after.terminating {
+                        seen.deleted.push((key, after.uid.clone()));
+                    }
+                }
+                if after.controller == crate::pods::Controller::None {
+                    seen.triggers
+                        .extend(selecting(crs_cache, ns, &after.labels));
+                }
+            }
+            if let Some(before) = before.as_ref().filter(|_| replaced)
+                && let Some(key) = key(before)
+            {
+                seen.deleted.push((key, before.uid.clone()));
+            }
+        }
+        seen.triggers
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        seen.triggers.dedup();
+        seen
+    }
+
+    /// Records the observations. Called only after the pod cache has taken the changes,
+    /// as client-go's handlers run after its indexer: a pass that finds its expectations
+    /// met must also find the pods in the cache (see [`read_in_order`]).
+    fn record(&self, expectations: &Expectations) {
+        for (key, owner) in &self.created {
+            expectations.creation_observed(key, owner);
+        }
+        for (key, uid) in &self.deleted {
+            expectations.deletion_observed(key, uid);
+        }
+    }
+}
+
+/// The CraneReplicaSets of `namespace` whose selector matches these labels.
+pub(super) fn selecting(
+    crs_cache: &Store<CraneReplicaSet>,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<ObjectRef<CraneReplicaSet>> {
+    crs_cache
+        .state()
+        .iter()
+        .filter(|crs| crs.namespace().as_deref() == Some(namespace))
+        .filter(|crs| Selector::try_from(crs.label_selector()).is_ok_and(|s| s.matches(labels)))
+        .map(|crs| ObjectRef::from_obj(crs.as_ref()))
+        .collect()
+}
+
+/// Takes one event of the pod watch: into the cache first, then into the expectations
+/// (see [`read_in_order`] for why this order). Returns the CraneReplicaSets to reconcile.
+pub(super) fn on_pod_event(
+    event: &watcher::Event<Pod>,
+    cache: &PodCache,
+    crs_cache: &Store<CraneReplicaSet>,
+    expectations: &Expectations,
+) -> Vec<ObjectRef<CraneReplicaSet>> {
+    let seen = Sightings::of(&cache.apply(event), crs_cache);
+    seen.record(expectations);
+    seen.triggers
+}
+
+/// The API server is back (a failed watch works again): the CraneReplicaSets whose passes
+/// failed meanwhile are retried now, not after the backoff their failures during the
+/// outage built up, which would be up to a minute.
+pub(super) fn retry_failed_now(
+    failures: &Mutex<HashMap<String, u32>>,
+    tx: &mpsc::UnboundedSender<ObjectRef<CraneReplicaSet>>,
+) {
+    let failed = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
+    if !failed.is_empty() {
+        info!(
+            objects = failed.len(),
+            "the API server is back: retrying failed passes now"
+        );
+    }
+    for key in failed.into_keys() {
+        if let Some((ns, name)) = key.split_once('/') {
+            let _ = tx.unbounded_send(ObjectRef::new(name).within(ns));
+        }
+    }
+}
+
+/// Retry delays of a failed watch: client-go's reflector doubles from 0.8 s up to 30 s,
+/// which after a brief API server restart leaves the operator blind for up to half a
+/// minute; one operator's watches are few, so this stops at 5 s.
+pub(super) fn watch_backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+pub(super) fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Error>) {
+    match err {
+        None => health.stream_ok(stream),
+        Some(e) => {
+            health.stream_failed(stream);
+            warn!(stream, error = %e, "watch failed; retrying with backoff");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::*;
+    use crate::controller::reconcile::tests::pass_with_watch_between;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn a_new_pod_of_ours_is_an_observed_creation_once() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        e.expect("default/crane", "crs-uid", 1, NONE);
+        let ev = watcher::Event::Apply(ours("a"));
+        assert_eq!(on_pod_event(&ev, &pods, &crs, &e), crane_ref());
+        assert!(e.satisfied("default/crane", "crs-uid"));
+        // The same pod again is not a second creation (nor a reason for a pass).
+        e.expect("default/crane", "crs-uid", 1, NONE);
+        assert_eq!(on_pod_event(&ev, &pods, &crs, &e), []);
+        assert!(!e.satisfied("default/crane", "crs-uid"));
+    }
+
+    #[test]
+    fn a_deleted_or_terminating_pod_is_an_observed_deletion() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        for name in ["a", "b"] {
+            on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
+        }
+        e.expect("default/crane", "crs-uid", 0, ["uid-a", "uid-b"]);
+        on_pod_event(&watcher::Event::Delete(ours("a")), &pods, &crs, &e);
+        let mut terminating = ours("b");
+        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        on_pod_event(&watcher::Event::Apply(terminating), &pods, &crs, &e);
+        assert!(e.satisfied("default/crane", "crs-uid"));
+    }
+
+    /// A relist (after a watch error or a 410 Gone) delivers its pods before the cache
+    /// holds them: observed then, a pass could find its expectations met and the pods
+    /// missing, and create them again.
+    #[test]
+    fn pods_of_a_relist_are_observed_only_once_the_cache_holds_them() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        on_pod_event(&watcher::Event::Apply(ours("a")), &pods, &crs, &e);
+        e.expect("default/crane", "crs-uid", 1, NONE);
+        // The watch broke; "b", created meanwhile, comes back in the relist.
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(ours("a")),
+            watcher::Event::InitApply(ours("b")),
+        ] {
+            assert_eq!(on_pod_event(&event, &pods, &crs, &e), []);
+            let plan = pass_with_watch_between(2, &pods, &e, || ());
+            assert_eq!(plan.create, 0, "b is still expected: {plan:?}");
+        }
+        assert_eq!(
+            on_pod_event(&watcher::Event::InitDone, &pods, &crs, &e),
+            crane_ref()
+        );
+        assert_eq!(
+            pass_with_watch_between(2, &pods, &e, || ()),
+            Plan {
+                active: 2,
+                ..Plan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_relist_that_lost_a_delete_unblocks_the_object() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        for name in ["a", "b"] {
+            on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
+        }
+        e.expect("default/crane", "crs-uid", 0, ["uid-b"]);
+        // b was deleted while the watch was down: the relist just no longer lists it.
+        for event in [watcher::Event::Init, watcher::Event::InitApply(ours("a"))] {
+            on_pod_event(&event, &pods, &crs, &e);
+        }
+        assert!(!e.satisfied("default/crane", "crs-uid"));
+        assert_eq!(
+            on_pod_event(&watcher::Event::InitDone, &pods, &crs, &e),
+            crane_ref()
+        );
+        assert!(
+            e.satisfied("default/crane", "crs-uid"),
+            "not blocked until the expectations time out"
+        );
+    }
+
+    #[test]
+    fn a_pod_that_loses_its_controller_reference_brings_its_former_owner_to_look() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        on_pod_event(&watcher::Event::Apply(ours("a")), &pods, &crs, &e);
+        let taken = watcher::Event::Apply(pod("a", Some(("ReplicaSet", "rs-uid"))));
+        assert_eq!(on_pod_event(&taken, &pods, &crs, &e), crane_ref());
+    }
+
+    #[test]
+    fn orphans_trigger_the_replica_sets_that_select_them_and_others_pods_nothing() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        let orphan = watcher::Event::Apply(pod("o", None));
+        assert_eq!(on_pod_event(&orphan, &pods, &crs, &e), crane_ref());
+        let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));
+        assert_eq!(on_pod_event(&theirs, &pods, &crs, &e), []);
+    }
+}
