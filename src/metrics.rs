@@ -31,9 +31,12 @@ pub struct ErrorLabels {
 }
 
 /// Every `reason` label of `crane_operator_reconcile_errors_total`.
-pub const ERROR_REASONS: [&str; 6] = [
+pub const ERROR_REASONS: [&str; 9] = [
+    "InvalidService",
+    "ServiceForbidden",
     "Kube",
     "InvalidSelector",
+    "AdoptionFailed",
     "FailedCreate",
     "FailedDelete",
     "InvalidServicePort",

@@ -123,7 +123,9 @@ pub fn claim(desired: &Desired<'_>, pod: &PodFacts) -> Claim {
             (false, false) => Claim::Release,
             (false, true) => Claim::Ignore,
         },
-        Controller::None if matches && !desired.deleting && !pod.terminating => Claim::Adopt,
+        // Only active orphans, as `claimPods` runs over `FilterActivePods`: a finished pod
+        // would be adopted just to be replaced.
+        Controller::None if matches && !desired.deleting && pod.is_active() => Claim::Adopt,
         _ => Claim::Ignore,
     }
 }
@@ -399,6 +401,19 @@ mod tests {
             ..orphan("o")
         };
         assert_eq!(plan(&desired(1, &sel), &[dying], true).adopt, vec![]);
+    }
+
+    #[test]
+    fn finished_orphans_are_not_adopted() {
+        let sel = app_crane();
+        for phase in [Phase::Succeeded, Phase::Failed] {
+            let done = PodFacts {
+                phase,
+                ..orphan("o")
+            };
+            let p = plan(&desired(1, &sel), &[done], true);
+            assert_eq!((p.adopt, p.create), (vec![], 1), "{phase:?}");
+        }
     }
 
     #[test]

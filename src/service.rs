@@ -167,6 +167,59 @@ pub fn has_drifted(live: &Service, desired: &Service) -> bool {
         && owned)
 }
 
+/// The controller ownerReference of an object, if it has one.
+pub fn controller_of(obj: &Service) -> Option<&OwnerReference> {
+    obj.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+/// What a pass does about the Service of its CraneReplicaSet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// Nothing: it is ours and as it should be.
+    InSync,
+    /// Apply it (create it, or revert what someone changed in our fields, or re-adopt it).
+    Apply,
+    /// Someone edited the port: put the port list back first, then apply.
+    RestorePortsThenApply,
+    /// The name is taken by a Service that is not ours: never take it over.
+    Conflict,
+}
+
+/// The rule for a `live` Service (or none) of the wanted name, against `desired`.
+///
+/// A Service controlled by another object, or one without a controller that this operator
+/// did not make for this CraneReplicaSet, is a conflict. An orphan that carries the
+/// operator's labels for this CraneReplicaSet's name is re-adopted, as orphaned pods are:
+/// it was made for an earlier object of that name and orphaned by `kubectl delete
+/// --cascade=orphan`.
+pub fn service_action(live: Option<&Service>, desired: &Service) -> ServiceAction {
+    let Some(live) = live else {
+        return ServiceAction::Apply;
+    };
+    let ours = desired.owner_references().first().map(|o| &o.uid);
+    match controller_of(live) {
+        Some(owner) if Some(&owner.uid) == ours => {}
+        Some(_) => return ServiceAction::Conflict,
+        None => {
+            let made_for_us = [MANAGED_BY_LABEL, OWNER_LABEL]
+                .iter()
+                .all(|k| live.labels().get(*k) == desired.labels().get(*k));
+            if !made_for_us {
+                return ServiceAction::Conflict;
+            }
+        }
+    }
+    if port_missing(live, desired) {
+        ServiceAction::RestorePortsThenApply
+    } else if has_drifted(live, desired) {
+        ServiceAction::Apply
+    } else {
+        ServiceAction::InSync
+    }
+}
+
 /// The status block for a live Service, with the EXTERNAL-IP text of `kubectl get services`.
 pub fn service_status(svc: &Service) -> ServiceStatus {
     let spec = svc.spec.clone().unwrap_or_default();
@@ -308,6 +361,63 @@ mod tests {
         );
         // The old annotation set is a subset of the new one, but the fingerprint differs.
         assert!(has_drifted(&before, &after));
+    }
+
+    #[test]
+    fn the_service_action_of_each_situation() {
+        let desired = desired_service(&crane(1)).unwrap();
+        let with = |f: &dyn Fn(&mut Service)| {
+            let mut s = desired.clone();
+            f(&mut s);
+            s
+        };
+        let orphaned = with(&|s| s.metadata.owner_references = None);
+        let strangers = with(&|s| {
+            s.metadata.owner_references = None;
+            s.metadata.labels = None;
+        });
+        let other_owner = with(&|s| {
+            s.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        });
+        let other_name = with(&|s| {
+            s.metadata.owner_references = None;
+            s.labels_mut().insert(OWNER_LABEL.into(), "another".into());
+        });
+        let retyped = with(&|s| s.spec.as_mut().unwrap().type_ = Some("NodePort".into()));
+        let reported = with(&|s| s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 9090);
+        let cases: [(&str, Option<&Service>, ServiceAction); 8] = [
+            ("missing: created", None, ServiceAction::Apply),
+            ("ours and unchanged", Some(&desired), ServiceAction::InSync),
+            ("ours, type edited", Some(&retyped), ServiceAction::Apply),
+            (
+                "ours, port edited",
+                Some(&reported),
+                ServiceAction::RestorePortsThenApply,
+            ),
+            (
+                "orphaned with our labels: re-adopted",
+                Some(&orphaned),
+                ServiceAction::Apply,
+            ),
+            (
+                "someone else's, no labels",
+                Some(&strangers),
+                ServiceAction::Conflict,
+            ),
+            (
+                "controlled by another object",
+                Some(&other_owner),
+                ServiceAction::Conflict,
+            ),
+            (
+                "ours once, for another name",
+                Some(&other_name),
+                ServiceAction::Conflict,
+            ),
+        ];
+        for (situation, live, want) in cases {
+            assert_eq!(service_action(live, &desired), want, "{situation}");
+        }
     }
 
     #[test]

@@ -36,8 +36,8 @@ use crate::pod_cache::{Change, PodCache};
 use crate::pods::{PodFacts, new_pod, template_hash};
 use crate::recorder::{self, Series};
 use crate::service::{
-    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, desired_service, has_drifted, port_missing,
-    service_name, service_status,
+    MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, ServiceAction, controller_of, desired_service,
+    service_action, service_name, service_status,
 };
 use crate::status::{self, Failure, Observed};
 
@@ -70,6 +70,8 @@ pub enum Error {
     Replicas { object: String, failure: Failure },
     #[error("{object}: {}: {}", failure.reason, failure.message)]
     Service { object: String, failure: Failure },
+    #[error("{object}: {message}")]
+    Adoption { object: String, message: String },
 }
 
 impl Error {
@@ -77,6 +79,7 @@ impl Error {
         match self {
             Error::Kube { .. } => "Kube",
             Error::Selector { .. } => "InvalidSelector",
+            Error::Adoption { .. } => "AdoptionFailed",
             Error::Replicas { failure, .. } | Error::Service { failure, .. } => failure.reason,
         }
     }

@@ -45,13 +45,32 @@ pub(super) async fn claim_pods(
             .map_err(kube_err("re-check before adopting", key_of(crs)))?;
         let current =
             fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
-        if current {
-            let owner = crate::service::controller_ref(crs);
-            for pod in &plan.adopt {
-                let patch = json!({"metadata": {
-                    "uid": pod.uid, "ownerReferences": [owner], "labels": {OWNER_LABEL: name}}});
-                patch_pod(api, pod, patch, "adopt").await?;
-                info!(object = %key_of(crs), pod = %pod.name, "adopted orphan pod");
+        if !current {
+            return Err(Error::Adoption {
+                object: key_of(crs),
+                message: "the CraneReplicaSet was deleted or replaced; adopting nothing".into(),
+            });
+        }
+        // The plan counts these pods as ours: a pass that could not adopt one (another
+        // controller took it, its labels changed) stops here, before it creates or deletes
+        // on that count (PodControllerRefManager's rule).
+        let owner = crate::service::controller_ref(crs);
+        for pod in &plan.adopt {
+            let patch = json!({"metadata": {
+                "uid": pod.uid, "ownerReferences": [owner], "labels": {OWNER_LABEL: name}}});
+            match api
+                .patch(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+            {
+                Ok(_) => info!(object = %key_of(crs), pod = %pod.name, "adopted orphan pod"),
+                // Gone: nothing to count.
+                Err(e) if api_status(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(Error::Adoption {
+                        object: key_of(crs),
+                        message: format!("adopting pod {}: {}", pod.name, error_message(&e)),
+                    });
+                }
             }
         }
     }

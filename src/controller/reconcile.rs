@@ -47,11 +47,9 @@ pub(super) fn read_in_order<P>(
 
 pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(crs);
-    if crs.metadata.deletion_timestamp.is_some() {
-        // The garbage collector removes the pods and the Service; adopt nothing meanwhile.
-        ctx.forget(&key);
-        return Ok(Action::await_change());
-    }
+    // The garbage collector removes the pods and the Service: adopt, scale and apply
+    // nothing meanwhile, but keep the status true (as the ReplicaSet controller does).
+    let deleting = crs.metadata.deletion_timestamp.is_some();
     let ns = crs.namespace().unwrap_or_default();
     let uid = crs.uid().unwrap_or_default();
     let selector: Selector =
@@ -71,12 +69,15 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         strategy: Strategy::of(&crs.spec.update_strategy, crs.spec.replicas),
         min_ready_seconds: crs.spec.min_ready_seconds,
         now: Timestamp::now(),
+        deleting,
         ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
     let plan = planner::plan(&desired, &pods, settled);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
-    claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
+    if !deleting {
+        claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
+    }
     if plan.create > 0 || !plan.delete.is_empty() {
         let victims = plan.delete.iter().map(|p| p.uid.as_str());
         ctx.expectations.expect(&key, &uid, plan.create, victims);
@@ -91,7 +92,11 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         victims => delete_pods(crs, ctx, &pod_api, victims).await,
     };
     let replica_failure = created.or(deleted);
-    let (service, service_failure) = match sync_service(crs, ctx, &ns).await {
+    let synced = match deleting {
+        false => sync_service(crs, ctx, &ns).await,
+        true => Ok(crs.status.as_ref().and_then(|s| s.service.clone())),
+    };
+    let (service, service_failure) = match synced {
         Ok(service) => (service, None),
         Err(Error::Service { failure, .. }) => {
             let note = failure.message.clone();
@@ -117,12 +122,9 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
     };
     let (new_status, recheck) = status::compute(crs, &selector, observed);
     announce_pod_issues(crs, ctx, &new_status).await;
-    // While this pass's own creations or deletions (or an earlier pass's) are not in the
-    // cache yet, the counts are about to change: the pass that sees them all writes the
-    // status. Failures are reported at once.
-    let in_flight = !settled || plan.create > 0 || !plan.delete.is_empty();
-    let transient = in_flight && replica_failure.is_none();
-    if crs.status.as_ref() != Some(&new_status) && !transient {
+    // Written whenever it changed, creations and deletions in flight or not, as the
+    // ReplicaSet controller does: the status says what the cache shows now.
+    if crs.status.as_ref() != Some(&new_status) {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         // Only what changed, as a JSON merge patch: server-side apply would make the API
         // server merge the whole object against the CRD's schema (pod template included)

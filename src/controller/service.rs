@@ -23,10 +23,15 @@ pub(super) async fn sync_service(
         .filter(|s| s.namespace().as_deref() == Some(ns) && is_ours(s))
         .collect();
     for stale in owned.iter().filter(|s| Some(s.name_any()) != wanted) {
-        match api
-            .delete(&stale.name_any(), &DeleteParams::default())
-            .await
-        {
+        // Only the Service that was seen: not one made anew under its name meanwhile.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: stale.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&stale.name_any(), &params).await {
             Ok(_) => {
                 let note = format!("Deleted service: {}", stale.name_any());
                 let related = Some(stale.object_ref(&()));
@@ -39,7 +44,7 @@ pub(super) async fn sync_service(
                     related,
                 );
             }
-            Err(e) if api_status(&e) == Some(404) => {}
+            Err(e) if matches!(api_status(&e), Some(404 | 409)) => {}
             Err(e) => {
                 return Err(kube_err("delete", format!("service {}", stale.name_any()))(
                     e,
@@ -65,8 +70,8 @@ pub(super) async fn sync_service(
             .map_err(kube_err("get", format!("service {name}")))?
             .map(Arc::new),
     };
-    if let Some(live) = &live {
-        if !is_ours(live) {
+    match service_action(live.as_deref(), &desired) {
+        ServiceAction::Conflict => {
             return Err(Error::Service {
                 object: key_of(crs),
                 failure: Failure {
@@ -77,10 +82,10 @@ pub(super) async fn sync_service(
                 },
             });
         }
-        if !has_drifted(live, &desired) {
-            return Ok(Some(service_status(live)));
+        ServiceAction::InSync => {
+            return Ok(live.as_deref().map(service_status));
         }
-        if port_missing(live, &desired) {
+        ServiceAction::RestorePortsThenApply => {
             // Someone edited the port: put the whole list back first (a JSON merge patch
             // replaces lists), then apply as usual.
             let ports = json!({"spec": {"ports": desired.spec.as_ref().map(|s| &s.ports)}});
@@ -95,6 +100,7 @@ pub(super) async fn sync_service(
             .await
             .map_err(kube_err("restore the ports of", format!("service {name}")))?;
         }
+        ServiceAction::Apply => {}
     }
     let applied = api
         .patch(
@@ -119,7 +125,9 @@ pub(super) async fn sync_service(
             },
             _ => kube_err("apply", format!("service {name}"))(e),
         })?;
-    if live.is_none() {
+    if live.as_deref().is_some_and(|l| controller_of(l).is_none()) {
+        info!(object = %key_of(crs), service = %name, "re-adopted the orphaned service");
+    } else if live.is_none() {
         let note = format!("Created service: {name}");
         let related = Some(applied.object_ref(&()));
         ctx.event(
