@@ -156,3 +156,58 @@ async fn deleting_the_crane_replica_set_collects_its_pods_and_service() {
     .await;
     env.cleanup().await;
 }
+
+/// `kubectl delete --cascade=orphan`, then the same CraneReplicaSet again: it takes back
+/// its pods and its Service (once a ServiceConflict for good).
+#[tokio::test]
+async fn an_object_recreated_after_an_orphaning_delete_adopts_its_pods_and_service() {
+    let env = TestEnv::new("orphaned").await;
+    env.create(crane("crane", 2)).await;
+    let before = env.wait_ready("crane", 2, LONG).await;
+    wait_for("the service", SHORT, || async {
+        env.services()
+            .get_opt("crane-http")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("none".to_string())
+    })
+    .await;
+    env.kubectl(&["delete", "crs", "crane", "--cascade=orphan", "--wait=true"]);
+    wait_for("the service to be orphaned", LONG, || async {
+        let svc = env
+            .services()
+            .get("crane-http")
+            .await
+            .map_err(|e| e.to_string())?;
+        svc.owner_references()
+            .is_empty()
+            .then_some(())
+            .ok_or(seen(svc.owner_references()))
+    })
+    .await;
+    let crs = env.create(crane("crane", 2)).await;
+    let uid = crs.uid().unwrap();
+    wait_for("the service to be re-adopted", LONG, || async {
+        let svc = env
+            .services()
+            .get("crane-http")
+            .await
+            .map_err(|e| e.to_string())?;
+        let owned = svc.owner_references().iter().any(|o| o.uid == uid);
+        owned.then_some(()).ok_or(seen(svc.owner_references()))
+    })
+    .await;
+    let after = env.wait_ready("crane", 2, LONG).await;
+    let names = |pods: &[Pod]| {
+        let mut n: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&after), names(&before), "the same pods, adopted");
+    let conflict = env.condition("crane", "ServiceFailure").await.unwrap();
+    assert!(
+        conflict.as_ref().is_none_or(|c| c.status.as_deref() == Some("False")),
+        "no ServiceConflict: {conflict:?}"
+    );
+    env.cleanup().await;
+}
