@@ -85,18 +85,8 @@ async fn termination() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    // First, so that a port in use fails the start at once, not after the caches sync.
-    let listener = metrics::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
-    let kube_config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
-    let client = client::build(kube_config.clone()).context("could not set up the API client")?;
-    controller::check_crd_served(&client, args.namespace.as_deref()).await?;
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-
+    // Signals first: a SIGTERM at any point of the start (the API server may be down) is
+    // a clean exit, never the default action.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         termination().await;
@@ -105,6 +95,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Then the port, so that one in use fails the start at once, not after the caches sync.
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
+    let kube_config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
+    let client = client::build(kube_config.clone()).context("could not set up the API client")?;
+    tokio::select! {
+        checked = controller::check_crd_served(&client, args.namespace.as_deref()) => checked?,
+        () = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
 
     let server = tokio::spawn(metrics::serve(
         listener,

@@ -255,6 +255,36 @@ impl Report {
     /// What is missing: failed scenarios, scenarios without numbers, files not written.
     pub fn check(&self, files: &[PathBuf]) -> Vec<String> {
         let mut problems = self.failures.clone();
+        // "Exactly N pods": a run that created pods beyond N fails the bench.
+        for r in self
+            .scale_up
+            .iter()
+            .chain(&self.fan_out)
+            .chain(&self.steady)
+        {
+            let extra = r.extra_pods();
+            if extra > 0 {
+                problems.push(format!(
+                    "overshoot: {} round {} {} created {extra} pods beyond the {} asked for{}",
+                    r.scenario,
+                    r.round,
+                    r.variant.name(),
+                    r.pods,
+                    r.operator
+                        .as_ref()
+                        .map_or(String::new(), |o| format!("; operator log {}", o.log)),
+                ));
+                if let Some(op) = &r.operator {
+                    eprintln!("[bench] overshoot: the end of {}:", op.log);
+                    if let Ok(text) = std::fs::read_to_string(&op.log) {
+                        let lines: Vec<&str> = text.lines().collect();
+                        for line in &lines[lines.len().saturating_sub(40)..] {
+                            eprintln!("  {line}");
+                        }
+                    }
+                }
+            }
+        }
         let ran = |s: &str| self.scenarios.iter().any(|x| x == s);
         let good = |r: &Run| r.ready_s.is_finite() && r.ready_s > 0.0;
         if ran("scale-up") {

@@ -299,7 +299,8 @@ impl WriteCounter {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
             let (writes, ready) = (writes.clone(), ready_tx.clone());
             tasks.push(tokio::spawn(async move {
-                let mut last: HashMap<String, Fields> = HashMap::new();
+                // managedFields and whether deletionTimestamp was set, per object.
+                let mut last: HashMap<String, (Fields, bool)> = HashMap::new();
                 let mut synced = false;
                 let mut events = watcher(api, watcher::Config::default())
                     .default_backoff()
@@ -307,8 +308,8 @@ impl WriteCounter {
                 while let Some(Ok(event)) = events.next().await {
                     match event {
                         watcher::Event::InitApply(o) => {
-                            let f = fields(&o);
-                            last.insert(o.uid().unwrap_or_default(), f);
+                            let deleting = o.metadata.deletion_timestamp.is_some();
+                            last.insert(o.uid().unwrap_or_default(), (fields(&o), deleting));
                         }
                         watcher::Event::InitDone => {
                             if !synced {
@@ -320,18 +321,24 @@ impl WriteCounter {
                         watcher::Event::Apply(o) => {
                             let uid = o.uid().unwrap_or_default();
                             let f = fields(&o);
-                            let verb = if last.contains_key(&uid) {
-                                "update"
-                            } else {
-                                "create"
+                            let deleting = o.metadata.deletion_timestamp.is_some();
+                            let before = last.get(&uid);
+                            let verb = if before.is_some() { "update" } else { "create" };
+                            // A DELETE of a pod with a grace period is seen as an update
+                            // that sets deletionTimestamp and changes no managedFields: the
+                            // API server's, not a PATCH by the pod's last field manager.
+                            let who = match before {
+                                Some((prev, false)) if deleting && *prev == f => {
+                                    "the API server (deletionTimestamp of a DELETE)".to_string()
+                                }
+                                _ => writer(before.map(|(f, _)| f), &f),
                             };
-                            let who = writer(last.get(&uid), &f);
                             *writes
                                 .lock()
                                 .unwrap()
                                 .entry(format!("{resource} {verb} by {who}"))
                                 .or_insert(0) += 1;
-                            last.insert(uid, f);
+                            last.insert(uid, (f, deleting));
                         }
                         watcher::Event::Delete(o) => {
                             last.remove(&o.uid().unwrap_or_default());

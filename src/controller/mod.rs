@@ -205,10 +205,14 @@ where
 /// is down, say) is left to the watches, which retry.
 pub async fn check_crd_served(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
     let api = api_for::<CraneReplicaSet>(client, namespace);
-    match api
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-    {
+    let params = kube::api::ListParams::default().limit(1);
+    let list = api.list_metadata(&params);
+    // An API server that does not answer soon is left to the watches too.
+    let Ok(listed) = tokio::time::timeout(Duration::from_secs(5), list).await else {
+        warn!("the API server did not answer within 5 s; starting anyway");
+        return Ok(());
+    };
+    match listed {
         Err(e) if api_status(&e) == Some(404) => anyhow::bail!(
             "the API server does not serve cranereplicasets.crane.dev/v1: install the CRD \
              (kubectl apply --server-side -f manifests/crd.yaml, or the Helm chart) and start again"
