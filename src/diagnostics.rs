@@ -60,6 +60,39 @@ pub fn pod_issues<'a>(pods: impl IntoIterator<Item = &'a PodFacts>) -> Vec<PodIs
     issues
 }
 
+/// What the change of the top pod issue means for the user, once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssueNews {
+    /// A new top reason (a Warning event).
+    Appeared(String),
+    /// The problem went away and every pod is ready (a Normal event).
+    Resolved,
+    Quiet,
+}
+
+/// From the reason announced `before` and the new status of a CraneReplicaSet that wants
+/// `replicas`: what to announce, and the reason to remember as announced.
+///
+/// No issue is not yet a resolution: between two back-offs of a crash loop, or while a
+/// replacement starts, the pods are simply not ready. Only all pods ready resolve it, so
+/// the news does not flap with the kubelet's retry cycle.
+pub fn issue_news(
+    before: Option<&str>,
+    issues: &[PodIssue],
+    ready: i32,
+    replicas: i32,
+) -> (IssueNews, Option<String>) {
+    match (before, issues.first()) {
+        (before, Some(now)) if before != Some(now.reason.as_str()) => (
+            IssueNews::Appeared(now.reason.clone()),
+            Some(now.reason.clone()),
+        ),
+        (before, Some(_)) => (IssueNews::Quiet, before.map(str::to_string)),
+        (Some(_), None) if ready >= replicas => (IssueNews::Resolved, None),
+        (before, None) => (IssueNews::Quiet, before.map(str::to_string)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +136,33 @@ mod tests {
     #[test]
     fn healthy_pods_have_no_issues() {
         assert!(pod_issues(&[pod("a"), pod("b")]).is_empty());
+    }
+
+    #[test]
+    fn issue_news_does_not_flap_with_the_kubelets_back_off() {
+        let crash = |n| PodIssue {
+            reason: "CrashLoopBackOff".into(),
+            count: n,
+            ..PodIssue::default()
+        };
+        let news =
+            |before: Option<&str>, issues: &[PodIssue], ready| issue_news(before, issues, ready, 3);
+        let appeared = (
+            IssueNews::Appeared("CrashLoopBackOff".into()),
+            Some("CrashLoopBackOff".to_string()),
+        );
+        assert_eq!(news(None, &[crash(3)], 0), appeared);
+        let quiet = (IssueNews::Quiet, Some("CrashLoopBackOff".to_string()));
+        assert_eq!(news(Some("CrashLoopBackOff"), &[crash(3)], 0), quiet);
+        assert_eq!(
+            news(Some("CrashLoopBackOff"), &[], 1),
+            quiet,
+            "no issue but pods not ready: not resolved"
+        );
+        assert_eq!(
+            news(Some("CrashLoopBackOff"), &[], 3),
+            (IssueNews::Resolved, None)
+        );
+        assert_eq!(news(None, &[], 3), (IssueNews::Quiet, None));
     }
 }

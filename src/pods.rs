@@ -123,7 +123,31 @@ fn issue_of(pod: &Pod) -> Option<Issue> {
             .filter(|r| !STARTING.contains(&r.as_str()))
         {
             let message = w.and_then(|w| w.message.clone()).unwrap_or_default();
+            // The kubelet alternates the two while it retries a pull: one issue, not two.
+            let reason = if reason == "ErrImagePull" {
+                "ImagePullBackOff".to_string()
+            } else {
+                reason
+            };
             waiting.get_or_insert(Issue { reason, message });
+        }
+        // Between two back-offs a crash-looping container runs (or has just exited) for a
+        // moment: still crash-looping, or the issue would come and go with every restart.
+        let last_exit = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        if let Some(t) = last_exit.filter(|_| !c.ready && c.restart_count > 0 && w.is_none()) {
+            let message = format!(
+                "container {} restarted {} times; last exit code {}{}",
+                c.name,
+                c.restart_count,
+                t.exit_code,
+                t.reason
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" ({r})")),
+            );
+            waiting.get_or_insert(Issue {
+                reason: "CrashLoopBackOff".into(),
+                message,
+            });
         }
     }
     waiting.or_else(|| {
@@ -347,6 +371,20 @@ mod tests {
             "containerStatuses": [{"name": "c", "ready": true, "restartCount": 1, "image": "i", "imageID": "",
             "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
         assert_eq!(not_ready(ready), None, "a ready pod has no issue");
+        let between_back_offs = json!({"phase": "Running", "containerStatuses": [{"name": "c", "ready": false,
+            "restartCount": 4, "image": "i", "imageID": "", "state": {"running": {}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]});
+        let issue = not_ready(between_back_offs).unwrap();
+        assert_eq!(
+            issue.reason, "CrashLoopBackOff",
+            "a crash loop between back-offs"
+        );
+        assert!(issue.message.contains("exit code 1"), "{}", issue.message);
+        assert_eq!(
+            not_ready(waiting("ErrImagePull")).unwrap().reason,
+            "ImagePullBackOff",
+            "the kubelet's pull retries are one issue"
+        );
     }
 
     #[test]

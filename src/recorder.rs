@@ -242,7 +242,7 @@ async fn write_series(client: &Client, events: Vec<K8sEvent>) {
         let api: Api<K8sEvent> =
             Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
         let patch = json!({"series": event.series});
-        if let Err(e) = api
+        let written = match api
             .patch(
                 &event.name_any(),
                 &PatchParams::default(),
@@ -250,6 +250,14 @@ async fn write_series(client: &Client, events: Vec<K8sEvent>) {
             )
             .await
         {
+            // Its first create failed (or it expired): create it now, with its count, as
+            // client-go's recorder does.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                api.create(&PostParams::default(), &event).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        };
+        if let Err(e) = written {
             let regarding = event.regarding.clone().unwrap_or_default();
             warn!(object = regarding_name(&regarding), reason = ?event.reason, error = %e, "could not update event series");
         }
@@ -281,6 +289,51 @@ fn regarding_name(r: &ObjectReference) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    /// The first create of an event fails; its series write finds no event (404) and
+    /// creates it, count included: the occurrences are not lost.
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_create_failed_is_created_by_its_series_write() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish(
+            Client::new(service, "ns"),
+            Series::new("crane-operator", None),
+            rx,
+        ));
+        let status = |code: u16| {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "code": code, "message": "m"});
+            Response::builder()
+                .status(code)
+                .body(Body::from(body.to_string().into_bytes()))
+                .unwrap()
+        };
+        tx.send((ev("SuccessfulCreate"), crs())).unwrap();
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::POST);
+        send.send_response(status(500));
+        tx.send((ev("SuccessfulCreate"), crs())).unwrap();
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::PATCH, "the repeat is a series write");
+        send.send_response(status(404));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::POST, "then a create");
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let created: K8sEvent = serde_json::from_slice(&body).unwrap();
+        assert_eq!(created.series.map(|s| s.count), Some(2));
+        send.send_response(
+            Response::builder()
+                .status(201)
+                .body(Body::from(body.to_vec()))
+                .unwrap(),
+        );
+        drop(tx);
+        publisher.await.unwrap();
+    }
 
     fn ev(reason: &str) -> Event {
         Event {

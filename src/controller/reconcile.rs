@@ -4,6 +4,7 @@
 use super::pods::{claim_pods, create_pods, delete_pods};
 use super::service::sync_service;
 use super::*;
+use crate::diagnostics::{self, IssueNews};
 
 /// One reconcile pass over one CraneReplicaSet.
 pub async fn reconcile(crs: Arc<CraneReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -168,8 +169,7 @@ pub(super) async fn announce_pod_issues(
     ctx: &Context,
     new: &CraneReplicaSetStatus,
 ) {
-    let now_reason = new.pod_issues.first().map(|i| i.reason.clone());
-    let before = {
+    let news = {
         let mut announced = ctx.announced.lock().unwrap_or_else(|p| p.into_inner());
         let from_status = || {
             crs.status
@@ -181,10 +181,15 @@ pub(super) async fn announce_pod_issues(
             .get(&key_of(crs))
             .cloned()
             .unwrap_or_else(from_status);
-        announced.insert(key_of(crs), now_reason);
-        before
+        let (news, remember) = diagnostics::issue_news(
+            before.as_deref(),
+            &new.pod_issues,
+            new.ready_replicas,
+            crs.spec.replicas,
+        );
+        announced.insert(key_of(crs), remember);
+        news
     };
-    let before = before.as_deref();
     let message = || {
         new.conditions
             .iter()
@@ -192,19 +197,19 @@ pub(super) async fn announce_pod_issues(
             .and_then(|c| c.message.clone())
             .unwrap_or_default()
     };
-    match (before, new.pod_issues.first()) {
-        (before, Some(now)) if before != Some(now.reason.as_str()) => {
+    match news {
+        IssueNews::Appeared(reason) => {
             ctx.event(
                 crs,
                 EventType::Warning,
-                &now.reason,
+                &reason,
                 "Diagnose",
                 message(),
                 None,
             );
         }
-        (Some(_), None) => {
-            let note = "no pod has a known problem any more".to_string();
+        IssueNews::Resolved => {
+            let note = "every pod is ready again".to_string();
             ctx.event(
                 crs,
                 EventType::Normal,
@@ -214,7 +219,7 @@ pub(super) async fn announce_pod_issues(
                 None,
             );
         }
-        _ => {}
+        IssueNews::Quiet => {}
     }
 }
 
