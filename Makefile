@@ -4,13 +4,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build
+.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 build: ## Build the operator binary
 	$(CARGO) build --release --locked
+
+image: ## Operator and app images as OCI archives in target/image/ (static binaries; no Docker, no registry)
+	hack/image.sh
 
 cluster: ## Start the local control plane (built from Go modules on first use); kubeconfig in .cluster/kubeconfig
 	tests/cluster/up.sh
