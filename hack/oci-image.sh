@@ -36,8 +36,12 @@ log() { echo "[oci-image] $*"; }
 name="" out="" user="" workdir=""
 adds=() dirs=() entrypoint=() cmd=() envs=() ports=() labels=()
 while [ $# -gt 0 ]; do
-  case $1 in -h | --help) usage ;; esac
-  [ $# -ge 2 ] || { echo "oci-image: $1 needs a value" >&2; usage; }
+  case $1 in
+    -h | --help) usage ;;
+    --name | --out | --add | --dir | --user | --workdir | --entrypoint | --cmd | --env | --port | --label)
+      [ $# -ge 2 ] || { echo "oci-image: $1 needs a value" >&2; usage; } ;;
+    *) echo "oci-image: unknown argument $1" >&2; usage ;;
+  esac
   case $1 in
     --name) name=$2 ;;
     --out) out=$2 ;;
@@ -50,7 +54,6 @@ while [ $# -gt 0 ]; do
     --env) envs+=("$2") ;;
     --port) ports+=("$2") ;;
     --label) labels+=("$2") ;;
-    *) echo "oci-image: unknown argument $1" >&2; usage ;;
   esac
   shift 2
 done
