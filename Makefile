@@ -4,13 +4,16 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build
+.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 build: ## Build the operator binary
 	$(CARGO) build --release --locked
+
+image: ## Operator and app images as OCI archives in target/image/ (static binaries; no Docker, no registry)
+	hack/image.sh
 
 cluster: ## Start the local control plane (built from Go modules on first use); kubeconfig in .cluster/kubeconfig
 	tests/cluster/up.sh
@@ -30,12 +33,12 @@ crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
 
 lint: ## rustfmt, clippy and shellcheck
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install shellcheck" >&2; exit 1; }
 	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/kind/*.sh .ci/run
 
-unit: ## Unit, property and generated-file tests (no cluster)
-	$(CARGO) test --locked --lib --bins --test generated --test planner_properties --test backpressure
+unit: ## Unit, property and generated-file tests, and the app's (no cluster)
+	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test planner_properties --test backpressure --test server
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
 	tests/chart/test.sh

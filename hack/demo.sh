@@ -40,7 +40,7 @@ fi
 say "The cluster: a real API server, scheduler and controller manager, with kwok nodes"
 run kubectl get nodes
 
-say "The book's ReplicationController, as a CraneReplicaSet (1 replica of heejeong/crane, port 7070)"
+say "The book's ReplicationController, as a CraneReplicaSet (1 replica of the book's app, localhost/crane-app:dev, port 7070)"
 run cat manifests/examples/crane.yaml
 run kubectl apply -f manifests/examples/crane.yaml
 run kubectl wait --for=jsonpath='{.status.readyReplicas}'=1 crs/crane --timeout=60s

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Usage: hack/image.sh
+# `make image`: the operator image and the book's app image, as OCI archives under
+# target/image/, with no Docker engine and no registry:
+#   target/image/crane-operator.tar  ghcr.io/crane-dev/crane-operator:<version> (the chart's
+#                                    default image: repository from values.yaml, tag =
+#                                    appVersion = the Cargo version)
+#   target/image/crane-app.tar       localhost/crane-app:dev (manifests/examples/crane.yaml)
+# Both binaries are static (glibc with +crt-static, a static-pie), as in the Dockerfile, so
+# the images need no libc. Then the archives are imported into the local real node's
+# containerd when tests/cluster/node-import.sh is there and the node is up.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "[image] $*"; }
+die() { echo "[image] $*" >&2; exit 1; }
+
+target=x86_64-unknown-linux-gnu
+release=target/$target/release
+out=target/image
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+repository=$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' charts/crane-operator/values.yaml)
+app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/crane-operator/Chart.yaml)
+{ [ -n "$version" ] && [ -n "$repository" ]; } || die "cannot read the version from Cargo.toml or image.repository from the chart"
+[ "$version" = "$app_version" ] \
+  || log "warning: Cargo version $version differs from the chart's appVersion $app_version: the chart's default tag will not find this image"
+
+start=$SECONDS
+if [ -x "$release/crane-operator" ]; then
+  log "building static crane-operator and crane-app in $release (warm: seconds, unless dependencies changed)"
+else
+  log "building static crane-operator and crane-app in $release: the first build compiles every dependency again for this target, ~6 min on 2 idle cores"
+fi
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked --target "$target" -p crane-operator -p crane-app
+for bin in crane-operator crane-app; do
+  kind=$(file -b "$release/$bin")
+  [[ $kind == *"static-pie linked"* || $kind == *"statically linked"* ]] \
+    || die "$release/$bin is not static: $kind"
+  if ldd "$release/$bin" >/dev/null 2>&1 && ! ldd "$release/$bin" 2>&1 | grep -q 'statically linked'; then
+    die "$release/$bin loads shared libraries: $(ldd "$release/$bin" 2>&1 | tr '\n' ' ')"
+  fi
+done
+log "binaries built in $((SECONDS - start)) s, both static ($(du -h "$release/crane-operator" | cut -f1) and $(du -h "$release/crane-app" | cut -f1))"
+
+# What distroless/static's nonroot flavour puts around the binary and the operator or the
+# app can use: the users (uid 65532 has a name) and a writable /tmp. Not its CA bundle or
+# tzdata: the operator trusts only the cluster CA of its kubeconfig or ServiceAccount.
+mkdir -p "$out/etc"
+cat >"$out/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+EOF
+cat >"$out/etc/group" <<'EOF'
+root:x:0:
+nobody:x:65534:
+nonroot:x:65532:
+EOF
+base=(--add "$out/etc/passwd:/etc/passwd:0644" --add "$out/etc/group:/etc/group:0644" --dir /tmp:1777
+  --user 65532:65532 --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+labels=(--label org.opencontainers.image.source=https://github.com/crane-dev/crane-operator
+  --label org.opencontainers.image.licenses=Apache-2.0)
+
+# The Dockerfile's final stage, label for label.
+hack/oci-image.sh --name "$repository:$version" --out "$out/crane-operator.tar" "${base[@]}" \
+  --add "$release/crane-operator:/usr/local/bin/crane-operator:0755" \
+  --entrypoint /usr/local/bin/crane-operator --cmd run --port 8080 \
+  --label org.opencontainers.image.title=crane-operator \
+  --label "org.opencontainers.image.description=The ReplicationController of Kubernetes in Action as a CraneReplicaSet custom resource" \
+  "${labels[@]}"
+
+hack/oci-image.sh --name localhost/crane-app:dev --out "$out/crane-app.tar" "${base[@]}" \
+  --add "$release/crane-app:/usr/local/bin/crane-app:0755" \
+  --entrypoint /usr/local/bin/crane-app --port 7070 \
+  --label org.opencontainers.image.title=crane-app \
+  --label "org.opencontainers.image.description=The book's app (kubia): answers every GET with You've hit <hostname>" \
+  "${labels[@]}"
+
+# Into the local cluster's real node, when it runs (make cluster); sourcing env.sh is cheap
+# then, as the cluster's binaries are cached.
+node=crane-node-0
+if [ ! -x tests/cluster/node-import.sh ]; then
+  log "images not imported into a node: this checkout has no tests/cluster/node-import.sh (no real node)"
+elif [ ! -f .cluster/kubeconfig ]; then
+  log "images not imported into a node: the local cluster is not running (make cluster, then make image again)"
+elif ! (source tests/cluster/env.sh && kubectl --kubeconfig .cluster/kubeconfig get node "$node" --request-timeout=10s) >/dev/null 2>&1; then
+  log "images not imported into a node: the local cluster has no node $node (make cluster-down; make cluster, then make image again)"
+else
+  tests/cluster/node-import.sh "$out/crane-operator.tar" "$out/crane-app.tar" | sed "s/^/[image] imported into $node: /"
+fi
+log "done in $((SECONDS - start)) s"
