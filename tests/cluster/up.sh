@@ -202,7 +202,10 @@ if [ -e "$cluster_dir" ]; then
 fi
 
 # --- create ---------------------------------------------------------------------------
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+# An API server of the cluster just deleted may take a few seconds to exit and free it.
+for _ in $(seq 1 60); do port_taken || break; sleep 0.5; done
+if port_taken; then
   if command -v ss >/dev/null; then
     ss -ltnp "sport = :$port" >&2 || true
   else
