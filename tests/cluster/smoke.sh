@@ -35,6 +35,13 @@ poll() {
 
 cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 
+# kwok_placement INDENT: what the checks of kwok's stages add to a pod spec: tolerate the
+# simulated nodes' taint and run on one (as tests/e2e/placement.rs does for the suites).
+kwok_placement() {
+  printf '%*s%s\n' "$1" '' 'tolerations: [{key: kwok.x-k8s.io/node, operator: Equal, value: fake, effect: NoSchedule}]' \
+    "$1" '' 'nodeSelector: {type: kwok}'
+}
+
 # --- checks ------------------------------------------------------------------------------
 reachable() {
   local server
@@ -90,6 +97,7 @@ spec:
   template:
     metadata: {labels: {app: smoke}}
     spec:
+$(kwok_placement 6)
       containers:
       - {name: smoke, image: registry.invalid/smoke:1}
 EOF
@@ -121,6 +129,7 @@ metadata:
   name: sim-$(tr '[:upper:]' '[:lower:]' <<<"$r")
   labels: {crane.dev/simulate: $r}
 spec:
+$(kwok_placement 2)
   containers:
   - {name: app, image: "registry.invalid/crane:$r"}
 EOF
