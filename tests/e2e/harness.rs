@@ -273,8 +273,10 @@ impl TestEnv {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        // lb-allocator=off: the local cluster's LoadBalancer allocator (tests/cluster/lb.sh)
+        // leaves this namespace's Services <pending>; the tests set their addresses.
         let namespace: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": ns, "labels": {"crane.dev/e2e": "true"}}
+            "metadata": {"name": ns, "labels": {"crane.dev/e2e": "true", "crane.dev/lb-allocator": "off"}}
         }))
         .expect("namespace");
         namespaces
