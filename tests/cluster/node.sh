@@ -147,31 +147,20 @@ ensure_packages() {
 pause_image=localhost/crane-pause:1
 hello_image=localhost/crane-hello:1
 
-# c_image NAME IMAGE USER: node/NAME.c built with `gcc -static` (nothing else in the image)
-# and packed with umoci as an OCI image-layout archive whose entrypoint is /NAME; cached by
-# the hash of the source. Prints the archive's path.
+# c_image NAME IMAGE USER: node/NAME.c built with `gcc -static` and packed by
+# hack/oci-image.sh as an OCI image-layout archive holding only /NAME, its entrypoint;
+# cached by the hash of the inputs. Prints the archive's path.
 c_image() {
   local name=$1 image=$2 user=$3 sum out work
-  sum=$(printf '%s %s\n' "$image" "$user" | cat - "$here/node/$name.c" | sha256sum | cut -c1-16)
+  sum=$(printf '%s %s\n' "$image" "$user" | cat - "$here/node/$name.c" "$repo/hack/oci-image.sh" | sha256sum | cut -c1-16)
   out=$cache/images/crane-$name-$sum.tar
   if [ ! -f "$out" ]; then
     work=$(mktemp -d)
-    mkdir -p "$work/root" "$cache/images"
-    gcc -static -Os -s -Wall -Wextra -Werror -o "$work/root/$name" "$here/node/$name.c" ||
+    gcc -static -Os -s -Wall -Wextra -Werror -o "$work/$name" "$here/node/$name.c" ||
       die "gcc could not build $here/node/$name.c statically (Debian: apt-get install gcc libc6-dev)"
-    (
-      cd "$work"
-      umoci init --layout oci
-      umoci new --image oci:1
-      umoci insert --image oci:1 "root/$name" "/$name"
-      umoci config --image oci:1 --config.entrypoint "/$name" --config.user "$user"
-      umoci gc --layout oci
-      # ctr names the image after this annotation.
-      jq --arg n "$image" '.manifests[0].annotations["io.containerd.image.name"] = $n' oci/index.json >index.json
-      mv index.json oci/index.json
-      tar -C oci -cf "$out.tmp" .
-    ) >/dev/null || die "could not pack $image (umoci, jq): see above"
-    mv "$out.tmp" "$out"
+    SOURCE_DATE_EPOCH=0 "$repo/hack/oci-image.sh" --name "$image" --out "$out" \
+      --add "$work/$name:/$name:0755" --entrypoint "/$name" --user "$user" >/dev/null ||
+      die "hack/oci-image.sh could not pack $image (see above)"
     rm -rf "$work"
   fi
   echo "$out"
