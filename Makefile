@@ -12,10 +12,10 @@ help: ## List the targets
 build: ## Build the operator binary
 	$(CARGO) build --release --locked
 
-cluster: ## Start the local control plane (built from Go modules on first use); kubeconfig in .cluster/kubeconfig
+cluster: ## Start the local cluster: control plane, kwok nodes, real node crane-node-0 (root); kubeconfig in .cluster/kubeconfig
 	tests/cluster/up.sh
 
-cluster-down: ## Stop the local control plane and remove its state
+cluster-down: ## Stop the local cluster, remove its state, undo its changes to the machine
 	tests/cluster/down.sh
 
 run: ## Run the operator in the foreground (on the local cluster unless KUBECONFIG is set)
