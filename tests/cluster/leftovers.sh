@@ -92,11 +92,13 @@ case ${1:-} in
     now=$(mktemp)
     trap 'rm -f "$now"' EXIT
     state >"$now"
+    # part SECTION FILE: the section's lines (the volatile sysctls left out on both sides,
+    # for snapshots taken by an older version of this script).
+    part() { sed -n "/^### $1\$/,/^### /{/^### /d;p}" "$2" | grep -Ev "$volatile" || true; }
     # One diff per section, so that every line says where it belongs.
     found=0
     while IFS= read -r s; do
-      d=$({ diff <(sed -n "/^### $s\$/,/^### /{/^### /d;p}" "$file") <(sed -n "/^### $s\$/,/^### /{/^### /d;p}" "$now") || true; } |
-        sed -n 's/^</  gone:/p; s/^>/  new: /p')
+      d=$({ diff <(part "$s" "$file") <(part "$s" "$now") || true; } | sed -n 's/^</  gone:/p; s/^>/  new: /p')
       if [ -n "$d" ]; then
         found=1
         echo "[leftovers] $s differ:"
