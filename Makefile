@@ -15,10 +15,10 @@ build: ## Build the operator binary
 image: ## Operator and app images as OCI archives in target/image/ (static binaries; no Docker, no registry)
 	hack/image.sh
 
-cluster: ## Start the local control plane (built from Go modules on first use); kubeconfig in .cluster/kubeconfig
+cluster: ## Start the local cluster: control plane, kwok nodes, real node crane-node-0 (root); kubeconfig in .cluster/kubeconfig
 	tests/cluster/up.sh
 
-cluster-down: ## Stop the local control plane and remove its state
+cluster-down: ## Stop the local cluster, remove its state, undo its changes to the machine
 	tests/cluster/down.sh
 
 run: ## Run the operator in the foreground (on the local cluster unless KUBECONFIG is set)

@@ -15,6 +15,8 @@ use kube::{Client, Config};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::placement::on_kwok_nodes;
+
 /// Label on every namespace of a run (value: the run id), for finding leftovers by hand.
 pub const BENCH_LABEL: &str = "crane.dev/bench";
 
@@ -224,13 +226,14 @@ impl Workload {
 /// The scheduler name of unscheduled pods: no scheduler has it.
 pub const NO_SCHEDULER: &str = "crane-bench-no-scheduler";
 
-/// The pod template of every workload: one container; kwok makes it Running and Ready
-/// as soon as it is scheduled (nothing runs).
+/// The pod template of every workload: one container, on a simulated node, where kwok
+/// makes it Running and Ready as soon as it is scheduled (nothing runs).
 pub fn pod_template(app: &str, unscheduled: bool) -> Value {
     let mut t = json!({
         "metadata": {"labels": {"app": app}},
         "spec": {"containers": [{"name": "app", "image": "crane-bench/app:1"}]}
     });
+    on_kwok_nodes(&mut t["spec"], true);
     if unscheduled {
         t["spec"]["schedulerName"] = json!(NO_SCHEDULER);
     }

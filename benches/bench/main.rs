@@ -17,6 +17,8 @@
 
 mod cluster;
 mod operator;
+#[path = "../../tests/e2e/placement.rs"]
+mod placement;
 mod report;
 mod scenarios;
 mod track;
@@ -186,7 +188,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         .map(String::from)
         .collect();
     bench.progress(format!(
-        "{} run on {} (Kubernetes {}, {} Ready nodes); kube-controller-manager: {}; operator: {}",
+        "{} run on {} (Kubernetes {}, {} Ready kwok nodes); kube-controller-manager: {}; operator: {}",
         plan.profile,
         bench.cluster.server,
         report.cluster.version,
@@ -207,7 +209,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         .unwrap_or(0);
     if report.cluster.pod_capacity < needed {
         anyhow::bail!(
-            "the cluster's Ready nodes hold {} pods, the plan needs {needed}: make bench starts a \
+            "the cluster's Ready kwok nodes hold {} pods, the plan needs {needed}: make bench starts a \
              100-node cluster (CRANE_NODES=100); or choose smaller --sizes / --fanout",
             report.cluster.pod_capacity
         );

@@ -10,6 +10,7 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::cluster::{Component, Variant};
+use crate::placement::KWOK_NODE_LABEL;
 use crate::scenarios::{Bench, Plan, RawTuning, Recovery, Run, Steady, median};
 
 #[derive(Debug, Default, Serialize)]
@@ -55,7 +56,7 @@ pub struct ClusterInfo {
     pub server: String,
     pub version: String,
     pub nodes: usize,
-    /// Pods the Ready nodes still have room for.
+    /// Pods the Ready kwok nodes still have room for.
     pub pod_capacity: usize,
     pub kcm_found: bool,
     pub kcm_flags: String,
@@ -136,8 +137,10 @@ fn git_commit() -> String {
 impl Report {
     pub async fn new(bench: &Bench, scheduler: Option<Component>) -> Self {
         let client = &bench.cluster.client;
+        // Only the simulated nodes count: the bench's pods run there (placement.rs).
+        let (key, value) = KWOK_NODE_LABEL;
         let (nodes, capacity) = match Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
+            .list(&ListParams::default().labels(&format!("{key}={value}")))
             .await
         {
             Ok(list) => {

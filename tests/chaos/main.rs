@@ -22,4 +22,7 @@ mod control_plane;
 mod disruption;
 mod many;
 mod operator_kill;
+#[allow(dead_code)]
+#[path = "../e2e/placement.rs"]
+mod placement;
 mod support;

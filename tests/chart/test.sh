@@ -164,7 +164,11 @@ install() {
   # Helm ownership metadata), and Helm refuses to adopt such an object without it
   # ("invalid ownership metadata"). Adopting it changes nothing in its spec (the same
   # generated CRD), and helm.sh/resource-policy: keep makes uninstall leave it.
+  # The operator's pods go to the simulated nodes, which make them Ready without running
+  # them (the image is not on the local node): tolerate their taint and ask for one.
   helm install "$release" "$chart" --namespace "$ns" --take-ownership \
+    --set-json 'tolerations=[{"key":"kwok.x-k8s.io/node","operator":"Equal","value":"fake","effect":"NoSchedule"}]' \
+    --set nodeSelector.type=kwok \
     --wait --timeout "${timeout}s" >"$work/out" 2>&1 ||
     { why=$(first 6 "$work/out"); return 1; }
   deployed 1

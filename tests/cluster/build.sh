@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Usage: tests/cluster/build.sh
-# Builds the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, kwokctl, helm) from Go modules and caches the binaries under
-# ~/.cache/crane-operator/bin/<component>-<version>/. A component whose stamp exists is not
+# Builds the local cluster (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok, kwokctl, helm, and the real node's kubelet and kube-proxy) from Go
+# modules and caches the binaries under ~/.cache/crane-operator/bin/<component>-<version>/
+# (the node's two in kubernetes-node-<version>/). A component whose stamp exists is not
 # rebuilt. Prints the bin directory of each component on stdout as NAME=DIR lines, last.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/versions.env"
 
 cache=${CRANE_CACHE_DIR:-$HOME/.cache/crane-operator}
+# The wrapper modules of this run: its own directory, since another checkout's build.sh
+# may run at the same time (and removes its own when it ends).
+work_root=$cache/work/$$
 export CGO_ENABLED=0
 
 log() { printf '[build] %s\n' "$*" >&2; }
@@ -30,12 +34,15 @@ wrapper_module() {
   printf 'module %s\n\ngo 1.26.0\n' "$2" > "$1/go.mod"
 }
 
+# build_kubernetes COMPONENT CMD...: k8s.io/kubernetes/cmd/CMD... into COMPONENT-<version>/.
 build_kubernetes() {
-  local v=$KUBERNETES_VERSION out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-  built kubernetes "$v" && return
+  local name=$1 v=$KUBERNETES_VERSION
+  shift
+  local out="$cache/bin/$name-$v" cmds=("$@")
+  built "$name" "$v" && return
   local minor=${v#v1.}; minor=${minor%%.*}
   local staging="v0.${v#v1.}"
-  local work="$cache/work/kubernetes-$v"
+  local work="$work_root/kubernetes-$v"
   log "kubernetes $v: resolving the staging modules (replaced by their published $staging twins)"
   wrapper_module "$work" crane.dev/cluster/kubernetes
   local gomod
@@ -55,21 +62,21 @@ build_kubernetes() {
     ld+=" -X $p.buildDate=1970-01-01T00:00:00Z"
   done
   mkdir -p "$out"
-  local i=0 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local i=0 c
   for c in "${cmds[@]}"; do
     i=$((i + 1))
-    log "kubernetes $v: building $c ($i/${#cmds[@]}; measured cold on 2 cores: ~6 min for the first, which compiles most of the shared code, ~11 min for all four)"
+    log "kubernetes $v: building $c ($i/${#cmds[@]}; measured cold on 2 cores: ~6 min for the first of the control plane, which compiles most of the shared code, ~11 min for all four; then ~1 min each for kubelet and kube-proxy)"
     local t0=$SECONDS
     (cd "$work" && go build -mod=mod -trimpath -ldflags "$ld" -o "$out/$c" "k8s.io/kubernetes/cmd/$c")
     log "kubernetes $v: $c built in $((SECONDS - t0)) s"
   done
-  stamp kubernetes "$v"
+  stamp "$name" "$v"
 }
 
 build_etcd() {
   local v=$ETCD_VERSION out="$cache/bin/etcd-$ETCD_VERSION"
   built etcd "$v" && return
-  local work="$cache/work/etcd-$v"
+  local work="$work_root/etcd-$v"
   log "etcd $v: building"
   wrapper_module "$work" crane.dev/cluster/etcd
   printf 'require go.etcd.io/etcd/server/v3 %s\n' "$v" >> "$work/go.mod"
@@ -92,13 +99,16 @@ go_install() {
 }
 
 start=$SECONDS
-build_kubernetes
+build_kubernetes kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl
+build_kubernetes kubernetes-node kubelet kube-proxy
 build_etcd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm
-rm -rf "$cache/work"
+rm -rf "$work_root"
+rmdir "$cache/work" 2>/dev/null || true
 [ $((SECONDS - start)) -gt 5 ] && log "done in $((SECONDS - start)) s; binaries take $(du -sh "$cache/bin" | cut -f1)"
 echo "KUBERNETES_BIN=$cache/bin/kubernetes-$KUBERNETES_VERSION"
+echo "KUBERNETES_NODE_BIN=$cache/bin/kubernetes-node-$KUBERNETES_VERSION"
 echo "ETCD_BIN=$cache/bin/etcd-$ETCD_VERSION"
 echo "KWOK_BIN=$cache/bin/kwok-$KWOK_VERSION"
 echo "HELM_BIN=$cache/bin/helm-$HELM_VERSION"

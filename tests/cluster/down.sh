@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Usage: tests/cluster/down.sh                                 (make cluster-down)
 #
-# Deletes the local control plane started by up.sh: `kwokctl delete cluster`, then stops
-# any process still running from .cluster/ (etcd, kube-*, kwok-controller), then removes
-# .cluster/. Idempotent: does nothing when no cluster exists. Never builds anything.
+# Deletes the local cluster started by up.sh: first the real node (tests/cluster/node.sh
+# down: its processes, mounts, cgroups, network namespace and sysctls), then `kwokctl
+# delete cluster`, then stops any process still running from .cluster/ (etcd, kube-*,
+# kwok-controller), then removes .cluster/. Idempotent: does nothing when no cluster
+# exists. Never builds anything. tests/cluster/leftovers.sh checks that nothing is left.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +20,9 @@ if [ -z "${CRANE_CLUSTER_LOCKED:-}" ] && command -v flock >/dev/null; then
   exec 9<"$here/up.sh"
   flock -n 9 || { log "waiting for another tests/cluster/up.sh or down.sh to finish"; flock 9; }
 fi
+
+"$here/node.sh" down ||
+  { log "error: tests/cluster/node.sh down failed (see above); fix the cause and run make cluster-down again" && exit 1; }
 
 if [ ! -e "$cluster_dir" ]; then
   log "no cluster to delete"

@@ -4,7 +4,9 @@
 # Quick checks that the local cluster (make cluster) behaves like the real thing the e2e
 # tests rely on: version, nodes, the built-in controllers (serviceaccount, resourcequota,
 # replicaset, garbage collector, namespace), kwok's pod stages including the simulated
-# failures (label crane.dev/simulate), in a fresh namespace that is deleted at the end.
+# failures (label crane.dev/simulate) on the simulated nodes, and the real node: a pod
+# there serves HTTP through its ClusterIP, a NodePort and a LoadBalancer address, and
+# `kubectl logs` reaches its kubelet. All in a fresh namespace that is deleted at the end.
 # Uses KUBECONFIG if set, else .cluster/kubeconfig (see env.sh). Never skips: an
 # unreachable cluster is a failure. Ends with the line "N passed, M failed"; exits non-zero
 # when anything failed.
@@ -15,6 +17,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/env.sh"
 # shellcheck source=SCRIPTDIR/versions.env
 source "$here/versions.env"
+# shellcheck source=SCRIPTDIR/node.env
+source "$here/node.env"
 
 ns=crane-smoke-$(date +%s)-$RANDOM
 timeout=${CRANE_SMOKE_TIMEOUT:-60}
@@ -34,6 +38,13 @@ poll() {
 }
 
 cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
+
+# kwok_placement INDENT: what the checks of kwok's stages add to a pod spec: tolerate the
+# simulated nodes' taint and run on one (as tests/e2e/placement.rs does for the suites).
+kwok_placement() {
+  printf '%*s%s\n' "$1" '' 'tolerations: [{key: kwok.x-k8s.io/node, operator: Equal, value: fake, effect: NoSchedule}]' \
+    "$1" '' 'nodeSelector: {type: kwok}'
+}
 
 # --- checks ------------------------------------------------------------------------------
 reachable() {
@@ -90,6 +101,7 @@ spec:
   template:
     metadata: {labels: {app: smoke}}
     spec:
+$(kwok_placement 6)
       containers:
       - {name: smoke, image: registry.invalid/smoke:1}
 EOF
@@ -121,6 +133,7 @@ metadata:
   name: sim-$(tr '[:upper:]' '[:lower:]' <<<"$r")
   labels: {crane.dev/simulate: $r}
 spec:
+$(kwok_placement 2)
   containers:
   - {name: app, image: "registry.invalid/crane:$r"}
 EOF
@@ -144,6 +157,77 @@ stable() {
   sleep 3 # an observation window, not a wait for something
   after=$(k -n "$ns" get pods -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}')
   [ "$before" = "$after" ] || { why="pods still change (a stage re-triggers): $before -> $after"; return 1; }
+}
+
+real_node() {
+  local info
+  info=$(k get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.nodeInfo.containerRuntimeVersion} {.status.nodeInfo.kubeletVersion}' 2>&1) ||
+    { why="no node $NODE_NAME: $info"; return 1; }
+  [[ $info == "True containerd://"*" $KUBERNETES_VERSION" ]] || { why="Ready, runtime, kubelet: $info"; return 1; }
+  note=${info#True }
+}
+
+# A pod that tolerates nothing, with a Service of type LoadBalancer in front of it: it
+# must land on the real node, run for real, and answer on every address of the Service.
+hello_ready() { [ "$(k -n "$ns" get pod hello -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+hello_pod() {
+  k -n "$ns" apply -f - >/dev/null <<EOF || { why="cannot create the pod and its Service"; return 1; }
+apiVersion: v1
+kind: Pod
+metadata: {name: hello, labels: {app: hello}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: hello
+    image: localhost/crane-hello:1
+    imagePullPolicy: Never
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: LoadBalancer
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: 8080}]
+EOF
+  poll hello_ready ||
+    { why="pod hello is not Ready: $(k -n "$ns" get pod hello -o jsonpath='{.spec.nodeName} {.status.phase} {.status.containerStatuses[0].state}')"; return 1; }
+  local node
+  node=$(k -n "$ns" get pod hello -o jsonpath='{.spec.nodeName}')
+  [ "$node" = "$NODE_NAME" ] || { why="pod hello runs on '$node', expected $NODE_NAME"; return 1; }
+  note="Ready on $node: the kubelet probed it"
+}
+
+# answers URL: curl from this machine gets the pod's greeting.
+answers() {
+  local got
+  got=$(curl -sS --max-time 5 "$1" 2>&1) || { why="curl $1: $got"; return 1; }
+  [ "$got" = "You've hit hello" ] || { why="curl $1 answered '$got'"; return 1; }
+}
+lb_address() { k -n "$ns" get service hello -o jsonpath='{.status.loadBalancer.ingress[0].ip}' 2>/dev/null; }
+lb_address_set() { [ -n "$(lb_address)" ]; }
+# hello_through ClusterIP|NodePort|LoadBalancer
+hello_through() {
+  local url
+  case $1 in
+    ClusterIP) url="http://$(k -n "$ns" get service hello -o jsonpath='{.spec.clusterIP}'):80/" ;;
+    NodePort) url="http://$NODE_IP:$(k -n "$ns" get service hello -o jsonpath='{.spec.ports[0].nodePort}')/" ;;
+    LoadBalancer)
+      poll 30 lb_address_set ||
+        { why="no LoadBalancer address after 30 s (tests/cluster/lb.sh, log .cluster/node/logs/lb-allocator.log)"; return 1; }
+      url="http://$(lb_address):80/"
+      ;;
+  esac
+  poll 20 answers "$url" || return 1
+  note="curl $url"
+}
+
+hello_logs() {
+  local out
+  out=$(k -n "$ns" logs hello 2>&1) || { why="kubectl logs: $out"; return 1; }
+  [[ $out == "hello: listening on 8080"* ]] || { why="kubectl logs: '$out'"; return 1; }
 }
 
 namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
@@ -171,5 +255,11 @@ check "simulate=CrashLoopBackOff: Running, not ready, restarted" simulated sim-c
 check "simulate=Failed: phase Failed" simulated sim-failed 'Failed|False||0|'
 check "simulate=Unready: Running, containers running, not ready" simulated sim-unready 'Running|False||0|running'
 check "pod statuses stay put (no stage re-triggers)" stable
+check "real node $NODE_NAME Ready, containerd, $KUBERNETES_VERSION" real_node
+check "a pod without tolerations runs on $NODE_NAME" hello_pod
+check "it answers through its ClusterIP" hello_through ClusterIP
+check "it answers through a NodePort of $NODE_NAME" hello_through NodePort
+check "it answers through its LoadBalancer address" hello_through LoadBalancer
+check "kubectl logs reaches the kubelet" hello_logs
 check "deleting the namespace completes (namespace controller)" namespace_deleted
 summary

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Usage: tests/cluster/up.sh                                   (make cluster)
 #
-# Starts the local control plane "crane": etcd, kube-apiserver, kube-controller-manager,
+# Starts the local cluster "crane": etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kwok-controller as local processes (kwokctl, runtime "binary"), with
-# simulated nodes and the stages of tests/cluster/kwok.yaml. The binaries come from
-# build.sh (built once from Go modules, then cached); nothing is downloaded.
+# simulated nodes (tainted kwok.x-k8s.io/node=fake:NoSchedule) and the stages of
+# tests/cluster/kwok.yaml, plus one real node, crane-node-0 (containerd, kubelet,
+# kube-proxy in a network namespace of its own) and a LoadBalancer address allocator:
+# see tests/cluster/node.sh. The binaries come from build.sh (built once from Go modules,
+# then cached); nothing is downloaded (the node's runtime comes from Debian packages,
+# installed with apt-get when missing). Needs root for the real node.
 # State and logs live in .cluster/ (gitignored); the kubeconfig is .cluster/kubeconfig.
 #
 # Idempotent: a healthy cluster is left alone; a broken one, or one created from another
@@ -12,7 +16,7 @@
 #
 # Environment:
 #   CRANE_APISERVER_PORT  loopback port of the API server (default 26443)
-#   CRANE_NODES           number of simulated nodes (default 3)
+#   CRANE_NODES           number of simulated nodes (default 3), besides the real one
 #   CRANE_UP_TIMEOUT      seconds to wait for the cluster to become ready (default 180)
 #   CRANE_EXTRA_ARGS      extra component flags, space-separated COMPONENT=FLAG=VALUE words
 #                         (kwokctl --extra-args), e.g. for make bench:
@@ -60,16 +64,19 @@ kwok_kubeconfig=$workdir/kubeconfig.yaml
 # --- binaries (build.sh is a no-op when they are cached) ---------------------------------
 bins=$("$here/build.sh" 9<&-) || die "tests/cluster/build.sh failed (see above)"
 kube_bin=$(sed -n 's/^KUBERNETES_BIN=//p' <<<"$bins")
+node_bin=$(sed -n 's/^KUBERNETES_NODE_BIN=//p' <<<"$bins")
 etcd_bin=$(sed -n 's/^ETCD_BIN=//p' <<<"$bins")
 kwok_bin=$(sed -n 's/^KWOK_BIN=//p' <<<"$bins")
 for b in "$kube_bin"/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl} \
-  "$etcd_bin/etcd" "$kwok_bin"/{kwok,kwokctl}; do
+  "$node_bin"/{kubelet,kube-proxy} "$etcd_bin/etcd" "$kwok_bin"/{kwok,kwokctl}; do
   [ -x "$b" ] || die "$b is missing: delete its .stamp under ~/.cache/crane-operator/bin/ and run $here/build.sh"
 done
 # kwokctl runs `kubectl` from PATH (and would download one if there were none).
 export PATH=$kube_bin:$kwok_bin:$PATH
 # shellcheck source=SCRIPTDIR/versions.env
 source "$here/versions.env"
+# shellcheck source=SCRIPTDIR/node.env
+source "$here/node.env"
 export KWOK_KUBE_VERSION=$KUBERNETES_VERSION KWOK_KUBECTL_BINARY=$kube_bin/kubectl
 
 create_args=(
@@ -86,17 +93,30 @@ create_args=(
   --kubeconfig "" # leave ~/.kube/config alone
   --timeout 5m
 )
+# For the real node: the API server advertises (as the `kubernetes` Service's endpoint) the
+# host side of the node network, where node.sh forwards to it, and reaches kubelets at
+# their InternalIP with the admin certificate, checking theirs against the cluster CA;
+# kwok-controller manages only the simulated nodes (annotated kwok.x-k8s.io/node=fake).
+node_args=(
+  "kube-apiserver=advertise-address=$NODE_HOST_IP"
+  kube-apiserver=kubelet-preferred-address-types=InternalIP
+  "kube-apiserver=kubelet-client-certificate=$workdir/pki/admin.crt"
+  "kube-apiserver=kubelet-client-key=$workdir/pki/admin.key"
+  "kube-apiserver=kubelet-certificate-authority=$workdir/pki/ca.crt"
+  kwok-controller=manage-all-nodes=false
+  kwok-controller=manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+)
 # (kwokctl v0.8.0 mixes up the components unless each one's first flag comes before any
 # component's second flag: the first flags go first.)
 firsts=() rest=() seen=' '
-for arg in ${CRANE_EXTRA_ARGS:-}; do
+for arg in "${node_args[@]}" ${CRANE_EXTRA_ARGS:-}; do
   case $arg in *=*=*) ;; *) die "CRANE_EXTRA_ARGS: '$arg' is not COMPONENT=FLAG=VALUE" ;; esac
   if [[ $seen == *" ${arg%%=*} "* ]]; then rest+=("$arg"); else seen+="${arg%%=*} " && firsts+=("$arg"); fi
 done
 for arg in "${firsts[@]}" "${rest[@]}"; do create_args+=(--extra-args "$arg"); done
 # Identifies what the cluster was created from; a change means it must be created again.
 fingerprint=$({
-  cat "$here/kwok.yaml"
+  cat "$here"/{kwok.yaml,node.sh,node.env,lb.sh} "$here"/node/*.c
   printf '%s\n' "${create_args[@]}" "nodes=$nodes"
 } | sha256sum | cut -d' ' -f1)
 
@@ -112,7 +132,7 @@ ready_nodes() {
     grep -c '^True$' || true
 }
 api_ready() { kc get --raw /readyz >/dev/null 2>&1; }
-nodes_ready() { [ "$(ready_nodes)" -ge "$nodes" ]; }
+nodes_ready() { [ "$(ready_nodes)" -ge "$1" ]; }
 has_leader() { [ -n "$(kc -n kube-system get lease "$1" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null)" ]; }
 has_default_sa() { kc -n default get serviceaccount default >/dev/null 2>&1; }
 
@@ -130,7 +150,8 @@ health() {
     [ "$tries" -gt 0 ] || { why="the API server is not ready"; return 1; }
     sleep 1
   done
-  nodes_ready || { why="fewer than $nodes nodes are Ready"; return 1; }
+  nodes_ready $((nodes + 1)) || { why="fewer than $((nodes + 1)) nodes are Ready"; return 1; }
+  "$here/node.sh" status >/dev/null 2>&1 || { why="the real node is not healthy ($here/node.sh status)"; return 1; }
 }
 
 # publish_kubeconfig: .cluster/kubeconfig, replaced atomically (others may be reading it).
@@ -167,6 +188,7 @@ diagnose() {
     tail -n 12 "$workdir/logs/$c.log" >&2
   done
   kwokctl --name "$name" -v=WARN stop cluster >/dev/null 2>&1 || true
+  "$here/node.sh" stop 9<&- >/dev/null 2>&1 || true
   cat >&2 <<EOF
 [cluster] the processes are stopped; the logs above stay in $workdir/logs/.
 [cluster] next: fix the cause (a port in use, a binary that does not start, ...), then run
@@ -192,7 +214,7 @@ wait_for() {
 # --- already up? ---------------------------------------------------------------------
 if health; then
   publish_kubeconfig
-  log "cluster '$name' is already up and healthy ($(ready_nodes) nodes, API server https://127.0.0.1:$port)"
+  log "cluster '$name' is already up and healthy ($(ready_nodes) nodes, $NODE_NAME among them, API server https://127.0.0.1:$port)"
   usage_hint
   exit 0
 fi
@@ -215,6 +237,8 @@ if port_taken; then
 fi
 
 mkdir -p "$cluster_dir"
+# The node network first: the API server's certificate names every address of the machine.
+"$here/node.sh" network || die "tests/cluster/node.sh network failed (see above); then run 'make cluster-down'"
 log "creating cluster '$name' (Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION) in $workdir"
 deadline=$((SECONDS + timeout))
 # kwokctl waits up to 2 min for the API server and then only warns: watch the components
@@ -238,13 +262,15 @@ done
 wait "$kwokctl_pid" || diagnose "kwokctl create cluster failed"
 trap - INT TERM
 wait_for "API server ready on https://127.0.0.1:$port" api_ready
-kwokctl --name "$name" -v=WARN scale node --replicas "$nodes" >/dev/null || diagnose "kwokctl scale node failed"
-wait_for "$nodes nodes Ready" nodes_ready
+kwokctl --name "$name" --config "$here/kwok.yaml" -v=WARN scale node --replicas "$nodes" >/dev/null ||
+  diagnose "kwokctl scale node failed"
+wait_for "$nodes simulated nodes Ready" nodes_ready "$nodes"
+CRANE_APISERVER_PORT=$port "$here/node.sh" up 9<&- || diagnose "the real node $NODE_NAME did not start (see above)"
 wait_for "kube-controller-manager leading" has_leader kube-controller-manager
 wait_for "kube-scheduler leading" has_leader kube-scheduler
 wait_for "ServiceAccount default/default created" has_default_sa
 
 publish_kubeconfig
 echo "$fingerprint" >"$cluster_dir/fingerprint"
-log "cluster '$name' is up in $(since "$start"): Kubernetes $KUBERNETES_VERSION, $nodes nodes, API server https://127.0.0.1:$port"
+log "cluster '$name' is up in $(since "$start"): Kubernetes $KUBERNETES_VERSION, $nodes simulated nodes and $NODE_NAME, API server https://127.0.0.1:$port"
 usage_hint

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crane_operator::api::{CraneReplicaSet, CraneReplicaSetStatus};
@@ -20,6 +20,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use serde_json::{Value, json};
+
+use crate::placement::{KWOK_NODE_LABEL, on_kwok_nodes};
 
 pub const POLL: Duration = Duration::from_millis(200);
 /// Generous deadlines: these are correctness tests on a shared 2-core machine, not timings.
@@ -271,8 +273,10 @@ impl TestEnv {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        // lb-allocator=off: the local cluster's LoadBalancer allocator (tests/cluster/lb.sh)
+        // leaves this namespace's Services <pending>; the tests set their addresses.
         let namespace: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": ns, "labels": {"crane.dev/e2e": "true"}}
+            "metadata": {"name": ns, "labels": {"crane.dev/e2e": "true", "crane.dev/lb-allocator": "off"}}
         }))
         .expect("namespace");
         namespaces
@@ -424,7 +428,8 @@ pub fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The book's CraneReplicaSet (image heejeong/crane, containerPort 7070) with `replicas`.
+/// The book's CraneReplicaSet (image heejeong/crane, containerPort 7070) with `replicas`,
+/// its pods placed as the suite's are (`suite_pod_spec`).
 pub fn crane(name: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "crane.dev/v1",
@@ -434,9 +439,33 @@ pub fn crane(name: &str, replicas: i32) -> Value {
             "replicas": replicas,
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "crane", "image": "heejeong/crane", "ports": [{"containerPort": 7070}]}]}
+                "spec": suite_pod_spec(json!({"containers": [{"name": "crane", "image": "heejeong/crane", "ports": [{"containerPort": 7070}]}]}))
             }
         }
+    })
+}
+
+/// `pod_spec` placed where the suite's pods run: on kwok's simulated nodes when the
+/// cluster has them (the local one), which make them Ready without running anything and
+/// simulate failures; elsewhere (kind) wherever the scheduler likes. See placement.rs.
+pub fn suite_pod_spec(mut pod_spec: Value) -> Value {
+    on_kwok_nodes(&mut pod_spec, has_kwok_nodes());
+    pod_spec
+}
+
+/// Whether the cluster has simulated nodes (asked once per test process).
+pub fn has_kwok_nodes() -> bool {
+    static KWOK: OnceLock<bool> = OnceLock::new();
+    *KWOK.get_or_init(|| {
+        let (key, value) = KWOK_NODE_LABEL;
+        let selector = format!("{key}={value}");
+        run_tool(
+            "kubectl",
+            &["get", "nodes", "-l", &selector, "-o", "name"],
+            None,
+        )
+        .map(|nodes| !nodes.trim().is_empty())
+        .unwrap_or_else(|e| panic!("list the cluster's nodes with kubectl: {e}"))
     })
 }
 

@@ -7,6 +7,7 @@ mod failures;
 mod harness;
 mod operations;
 mod ownership;
+mod placement;
 mod rbac;
 mod replicas;
 mod rollout;
