@@ -1,32 +1,63 @@
 //! Which pods go first when scaling down: the ranking of apps/v1 ReplicaSets
-//! (`ActivePodsWithRanks` in kube-controller-manager), so that users' expectations and
-//! `controller.kubernetes.io/pod-deletion-cost` annotations carry over unchanged.
+//! (`ActivePodsWithRanks` in kube-controller-manager, with `LogarithmicScaleDown`), so
+//! that users' expectations and `controller.kubernetes.io/pod-deletion-cost` annotations
+//! carry over unchanged.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use jiff::Timestamp;
+
 use crate::pods::{Phase, PodFacts};
 
-/// The `n` pods to delete from `active`, the cheapest to lose first.
-pub fn pods_to_delete(active: &[&PodFacts], n: usize) -> Vec<PodFacts> {
-    // Pods doubled up on a node go before pods alone on theirs: it spreads the survivors.
+/// The `n` pods to delete from `candidates`, the cheapest to lose first, judged at `now`.
+/// `related` are all active pods of the CraneReplicaSet (the candidates may be fewer, e.g.
+/// the outdated ones of a rollout): a pod doubled up on a node with any of them goes first.
+pub fn pods_to_delete(
+    candidates: &[&PodFacts],
+    related: &[&PodFacts],
+    n: usize,
+    now: Timestamp,
+) -> Vec<PodFacts> {
     let mut on_node: HashMap<Option<&str>, usize> = HashMap::new();
-    for p in active {
+    for p in related.iter().filter(|p| p.is_active()) {
         *on_node.entry(p.node_name.as_deref()).or_default() += 1;
     }
-    let mut ranked: Vec<(&PodFacts, usize)> = active
+    let mut ranked: Vec<(&PodFacts, usize)> = candidates
         .iter()
-        .map(|p| (*p, on_node[&p.node_name.as_deref()]))
+        .map(|p| {
+            (
+                *p,
+                on_node.get(&p.node_name.as_deref()).copied().unwrap_or(0),
+            )
+        })
         .collect();
-    ranked.sort_by(delete_first);
+    ranked.sort_by(|a, b| delete_first(a, b, now));
     ranked.into_iter().take(n).map(|(p, _)| p.clone()).collect()
 }
 
+/// log2 of the nanoseconds from `t` to `now`: times in one bucket count as equal, so that
+/// scale-down does not always take the very newest pods (-1: in the future).
+fn log_bucket(t: Timestamp, now: Timestamp) -> i64 {
+    let nanos = now.as_nanosecond() - t.as_nanosecond();
+    if nanos > 0 { nanos.ilog2() as i64 } else { -1 }
+}
+
+/// The newer time first; times in the same logarithmic bucket are equal ("Equal" lets the
+/// UID decide).
+fn newer_first(a: Timestamp, b: Timestamp, now: Timestamp) -> Ordering {
+    log_bucket(a, now).cmp(&log_bucket(b, now))
+}
+
 /// `Less` if pod `a` (with `a.1` active pods of ours on its node) should go before `b`.
-fn delete_first((a, a_rank): &(&PodFacts, usize), (b, b_rank): &(&PodFacts, usize)) -> Ordering {
+fn delete_first(
+    (a, a_rank): &(&PodFacts, usize),
+    (b, b_rank): &(&PodFacts, usize),
+    now: Timestamp,
+) -> Ordering {
     // 1. Unscheduled before scheduled.
     let scheduled = |p: &PodFacts| p.node_name.as_deref().is_some_and(|n| !n.is_empty());
-    scheduled(a)
+    let by_rules = scheduled(a)
         .cmp(&scheduled(b))
         // 2. Pending before Unknown before Running.
         .then_with(|| phase_ordinal(a.phase).cmp(&phase_ordinal(b.phase)))
@@ -35,20 +66,29 @@ fn delete_first((a, a_rank): &(&PodFacts, usize), (b, b_rank): &(&PodFacts, usiz
         // 4. Lower deletion cost first.
         .then_with(|| a.deletion_cost.cmp(&b.deletion_cost))
         // 5. More pods of ours on the same node first.
-        .then_with(|| b_rank.cmp(a_rank))
-        // 6. Ready for less time first (both ready here, or both not).
-        .then_with(|| b.ready_since.cmp(&a.ready_since))
-        // 7. More container restarts first.
-        .then_with(|| b.restarts.cmp(&a.restarts))
-        // 8. Younger first; an unknown creation time counts as youngest.
-        .then_with(|| match (a.created, b.created) {
-            (None, None) => Ordering::Equal,
-            (None, Some(_)) => Ordering::Less,
-            (Some(_), None) => Ordering::Greater,
-            (Some(x), Some(y)) => y.cmp(&x),
-        })
-        // A stable order for ties, so retries pick the same pods.
-        .then_with(|| a.name.cmp(&b.name))
+        .then_with(|| b_rank.cmp(a_rank));
+    if by_rules != Ordering::Equal {
+        return by_rules;
+    }
+    // 6. Ready for less time first (when both are ready), in log-scale buckets; the
+    //    bucket's tie goes to the UID.
+    if let (Some(x), Some(y)) = (a.ready_since, b.ready_since)
+        && x != y
+    {
+        return newer_first(x, y, now).then_with(|| a.uid.cmp(&b.uid));
+    }
+    // 7. More container restarts first.
+    if a.restarts != b.restarts {
+        return b.restarts.cmp(&a.restarts);
+    }
+    // 8. Younger first, in log-scale buckets; an unknown creation time counts as youngest.
+    match (a.created, b.created) {
+        (Some(x), Some(y)) if x != y => newer_first(x, y, now).then_with(|| a.uid.cmp(&b.uid)),
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        // A stable order for full ties, so retries pick the same pods.
+        _ => a.uid.cmp(&b.uid),
+    }
 }
 
 fn phase_ordinal(phase: Phase) -> u8 {
@@ -72,9 +112,15 @@ mod tests {
     }
 
     /// Each row: a situation, the pods in it (the first one must be chosen), and why.
+    /// Late enough that the fixtures' times (seconds after the epoch) fall in different
+    /// log-scale buckets where the rows need them to.
+    fn now() -> Timestamp {
+        Timestamp::UNIX_EPOCH + SignedDuration::from_secs(40)
+    }
+
     fn first_chosen(pods: Vec<PodFacts>) -> String {
         let refs: Vec<&PodFacts> = pods.iter().collect();
-        pods_to_delete(&refs, 1)[0].name.clone()
+        pods_to_delete(&refs, &refs, 1, now())[0].name.clone()
     }
 
     #[test]
@@ -157,11 +203,11 @@ mod tests {
                 "ready for less time first",
                 vec![
                     PodFacts {
-                        ready_since: at(10),
+                        ready_since: at(0),
                         ..pod("keep")
                     },
                     PodFacts {
-                        ready_since: at(20),
+                        ready_since: at(30),
                         ..pod("victim")
                     },
                 ],
@@ -184,7 +230,7 @@ mod tests {
                         ..pod("keep")
                     },
                     PodFacts {
-                        created: at(20),
+                        created: at(35),
                         ..pod("victim")
                     },
                 ],
@@ -199,7 +245,50 @@ mod tests {
     fn takes_exactly_n() {
         let pods: Vec<PodFacts> = (0..5).map(|i| pod(&format!("p{i}"))).collect();
         let refs: Vec<&PodFacts> = pods.iter().collect();
-        assert_eq!(pods_to_delete(&refs, 2).len(), 2);
-        assert_eq!(pods_to_delete(&refs, 9).len(), 5);
+        assert_eq!(pods_to_delete(&refs, &refs, 2, now()).len(), 2);
+        assert_eq!(pods_to_delete(&refs, &refs, 9, now()).len(), 5);
+    }
+
+    #[test]
+    fn times_in_one_log_scale_bucket_are_equal_and_the_uid_decides() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1000);
+        let minutes_old = |m: i64| Some(now - SignedDuration::from_mins(m));
+        // 40 and 70 minutes old share a bucket (2^41 ns ~ 37 min .. 2^42 ns ~ 73 min).
+        let a = PodFacts {
+            created: minutes_old(40),
+            uid: "b-uid".into(),
+            ..pod("a")
+        };
+        let b = PodFacts {
+            created: minutes_old(70),
+            uid: "a-uid".into(),
+            ..pod("b")
+        };
+        let refs = [&a, &b];
+        assert_eq!(
+            pods_to_delete(&refs, &refs, 1, now)[0].name,
+            "b",
+            "lower UID"
+        );
+        // A pod a minute old is in a younger bucket than both: it goes first.
+        let young = PodFacts {
+            created: minutes_old(1),
+            uid: "z-uid".into(),
+            ..pod("young")
+        };
+        let refs = [&a, &b, &young];
+        assert_eq!(pods_to_delete(&refs, &refs, 1, now)[0].name, "young");
+    }
+
+    #[test]
+    fn doubled_up_counts_every_active_pod_of_ours_not_only_the_candidates() {
+        let on = |name: &str, node: &str| PodFacts {
+            node_name: Some(node.into()),
+            ..pod(name)
+        };
+        let (x, y, z) = (on("x", "a"), on("y", "b"), on("z", "b"));
+        // Only x and y are outdated (candidates), but y shares node b with z.
+        let victims = pods_to_delete(&[&x, &y], &[&x, &y, &z], 1, now());
+        assert_eq!(victims[0].name, "y");
     }
 }

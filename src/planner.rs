@@ -178,7 +178,8 @@ pub fn plan(desired: &Desired<'_>, pods: &[PodFacts], expectations_satisfied: bo
     if active.len() < want {
         plan.create = (want - active.len()).min(BURST_REPLICAS);
     } else if active.len() > want {
-        plan.delete = pods_to_delete(&active, (active.len() - want).min(BURST_REPLICAS));
+        let n = (active.len() - want).min(BURST_REPLICAS);
+        plan.delete = pods_to_delete(&active, &active, n, desired.now);
     }
     plan
 }
@@ -204,7 +205,7 @@ fn roll(
         .filter(|p| available(p))
         .count()
         .saturating_sub(want.saturating_sub(max_unavailable));
-    for pod in pods_to_delete(outdated, outdated.len()) {
+    for pod in pods_to_delete(outdated, active, outdated.len(), desired.now) {
         if !available(&pod) {
             plan.delete.push(pod);
         } else if budget > 0 {

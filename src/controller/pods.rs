@@ -14,6 +14,26 @@ pub(super) fn pod_ref(crs: &CraneReplicaSet, pod: &PodFacts) -> ObjectReference 
     }
 }
 
+/// Pod patches carry the operator's field manager (in `managedFields`).
+fn pod_patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// A create refused because its namespace is being deleted (the ReplicaSet controller
+/// reports no failure for it).
+fn namespace_terminating(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            status.reason == "Forbidden"
+                && status.message.contains("because it is being terminated")
+        }
+        _ => false,
+    }
+}
+
 /// Adopts matching orphans, releases pods that stopped matching, and puts [`OWNER_LABEL`]
 /// on every pod counted (the Service selects on it).
 pub(super) async fn claim_pods(
@@ -59,7 +79,7 @@ pub(super) async fn claim_pods(
             let patch = json!({"metadata": {
                 "uid": pod.uid, "ownerReferences": [owner], "labels": {OWNER_LABEL: name}}});
             match api
-                .patch(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+                .patch(&pod.name, &pod_patch_params(), &Patch::Strategic(patch))
                 .await
             {
                 Ok(_) => info!(object = %key_of(crs), pod = %pod.name, "adopted orphan pod"),
@@ -98,7 +118,7 @@ pub(super) async fn patch_pod(
     action: &'static str,
 ) -> Result<(), Error> {
     match api
-        .patch(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch(&pod.name, &pod_patch_params(), &Patch::Strategic(patch))
         .await
     {
         Ok(_) => Ok(()),
@@ -144,6 +164,8 @@ pub(super) async fn create_pods(
                         related,
                     );
                 }
+                // Nothing to report: the namespace and everything in it are going away.
+                Err(e) if namespace_terminating(e) => {}
                 Err(e) => {
                     ctx.event(
                         crs,
@@ -175,6 +197,10 @@ pub(super) async fn create_pods(
         if let Some(e) = first_error {
             for _ in issued..n {
                 ctx.expectations.creation_observed(&key, &uid);
+            }
+            if namespace_terminating(&e) {
+                debug!(object = %key, "the namespace is terminating: no more pods");
+                return None;
             }
             warn!(object = %key, error = %e, "creating pods failed");
             return Some(Failure {
