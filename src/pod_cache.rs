@@ -179,6 +179,11 @@ impl PodCache {
         self.len() == 0
     }
 
+    /// The first list is complete (later ones are relists).
+    pub fn is_synced(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     /// Resolves once the first list is complete.
     pub async fn wait_until_ready(&self) {
         let mut ready = self.ready.subscribe();

@@ -286,7 +286,16 @@ pub async fn run(
                 Ok(_) => {}
             }
             if let Ok(event) = event {
-                for owner in on_pod_event(&event, &cache, &crs_cache, &expectations) {
+                let relisted = matches!(event, watcher::Event::InitDone) && cache.is_synced();
+                let owners = on_pod_event(&event, &cache, &crs_cache, &expectations);
+                if relisted {
+                    info!(
+                        pods = cache.len(),
+                        objects = owners.len(),
+                        "pod watch relisted; what changed meanwhile is observed"
+                    );
+                }
+                for owner in owners {
                     let _ = tx.unbounded_send(owner);
                 }
             }

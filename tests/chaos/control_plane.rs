@@ -318,3 +318,88 @@ async fn restart_while_scaling(name: &str, target_component: &str) {
     stop_gracefully(operator).await;
     env.cleanup().await;
 }
+
+/// A watch that breaks while the operator deletes pods may resume past what it missed only
+/// through a relist (410 Gone after kube-apiserver restarts with a fresh watch cache): the
+/// deletions are then absent from the list, never delivered one by one. They must count
+/// as observed (client-go's DeletedFinalStateUnknown), or the CraneReplicaSet waits for
+/// the expectations' 5-minute timeout before it scales again. Pods that are never
+/// scheduled go the moment they are deleted, so the outage falls in the deletions' burst.
+#[tokio::test]
+async fn relist_with_lost_deletions() {
+    let name = "relist_with_lost_deletions";
+    let mut rng = scenario(name);
+    if let Err(why) = local_control_plane() {
+        panic!("chaos[{name}]: {why}");
+    }
+    let _restart_on_panic = RestartOnPanic;
+    ensure_control_plane(None).await;
+    let env = TestEnv::without_operator("chaos-relist").await;
+    let operator = Operator::start(&env.ns, &[]);
+    let seen = PodsEverSeen::start(&env).await;
+    let active = |n: u64| {
+        let env = &env;
+        move || async move {
+            let pods = env.active_pods("crane").await?;
+            (pods.len() as u64 == n)
+                .then_some(())
+                .ok_or(format!("{} active pods", pods.len()))
+        }
+    };
+    let mut manifest = crane("crane", 40);
+    // No node has this label: the pods stay unscheduled, and a DELETE removes one at once.
+    manifest["spec"]["template"]["spec"]["nodeSelector"] =
+        serde_json::json!({"crane.dev/nowhere": "true"});
+    env.create(manifest).await;
+    wait_for("40 unscheduled pods", LONG, active(40)).await;
+    let mut replicas = 40;
+    let mut created = 40;
+    let mut report = Vec::new();
+    for round in 1..=2 {
+        let down = rng.range(3, replicas / 2);
+        scale(&env, "crane", down).await;
+        // The outage's timing is the point of this pause: the deletions' burst.
+        tokio::time::sleep(rng.millis(0, 150)).await;
+        component(&["stop", "kube-apiserver"]).await;
+        let downtime = rng.millis(1500, 3000);
+        tokio::time::sleep(downtime).await;
+        component(&["start"]).await;
+        let back = Instant::now();
+        // Far below the expectations' 5 minutes: a stall would time out here.
+        wait_for(
+            &format!("round {round}: {down} active pods"),
+            Duration::from_secs(60),
+            active(down),
+        )
+        .await;
+        let since_back = back.elapsed();
+        // And it still scales: back up by a few.
+        let up = down + rng.range(2, 6);
+        scale(&env, "crane", up).await;
+        wait_for(
+            &format!("round {round}: {up} active pods"),
+            Duration::from_secs(60),
+            active(up),
+        )
+        .await;
+        created += up - down;
+        report.push(format!(
+            "round {round}: {replicas} -> {down} with kube-apiserver down {} during the deletions, converged {} after it was back; then -> {up}",
+            secs(downtime),
+            secs(since_back)
+        ));
+        replicas = up;
+    }
+    let ever = seen.pods().len() as u64;
+    let relists = operator.log_text().matches("pod watch relisted").count();
+    let overshoot = ever as i64 - created as i64;
+    for line in &report {
+        eprintln!("chaos[{name}]: {line}");
+    }
+    eprintln!(
+        "chaos[{name}]: SUMMARY pods created {ever}, needed {created}, overshoot {overshoot}; relists of the operator's pod watch {relists}; operator log {}",
+        operator.log.display()
+    );
+    assert_eq!(overshoot, 0, "pods created beyond what the scales needed");
+    env.cleanup().await;
+}
