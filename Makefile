@@ -34,7 +34,7 @@ crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
 lint: ## rustfmt, clippy and shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install shellcheck" >&2; exit 1; }
+	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
 	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/kind/*.sh .ci/run
 
 unit: ## Unit, property and generated-file tests, and the app's (no cluster)

@@ -27,7 +27,7 @@ else
   echo "[demo] no operator on 127.0.0.1:8080: starting one (log: .cluster/demo-operator.log)"
   cargo build --release --locked --quiet
   target/release/crane-operator crd | kubectl apply --server-side --force-conflicts -f - >/dev/null
-  kubectl wait --for condition=established --timeout=60s crd/cranereplicasets.crane.dev >/dev/null
+  hack/crd-established.sh 60
   target/release/crane-operator run --metrics-addr 127.0.0.1:8080 >.cluster/demo-operator.log 2>&1 &
   operator_pid=$!
   for _ in $(seq 1 50); do

@@ -68,13 +68,8 @@ component='[a-z0-9]+([._-]+[a-z0-9]+)*'
 last=${name##*/}
 if [[ $last == *:* ]]; then tag=${last##*:}; else tag=latest; name="$name:latest"; fi
 
-for tool in umoci jq; do
-  if ! command -v "$tool" >/dev/null; then
-    log "installing $tool with apt-get (Debian package $tool)"
-    { apt-get update -qq && apt-get install -y -qq "$tool"; } >/dev/null \
-      || die "could not install $tool: install it (apt-get install $tool) and run again"
-  fi
-done
+"$(dirname "${BASH_SOURCE[0]}")/debian-packages.sh" "hack/oci-image.sh" umoci:umoci jq:jq ||
+  die "umoci and jq are needed (see above)"
 tar --version 2>/dev/null | grep -q 'GNU tar' || die "GNU tar is needed"
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then

@@ -18,7 +18,7 @@ bin=target/release/crane-operator
 
 echo "[run] installing the CraneReplicaSet CRD (server-side apply: the CRD is too large for client-side apply)"
 "$bin" crd | kubectl apply --server-side --force-conflicts -f -
-kubectl wait --for condition=established --timeout=60s crd/cranereplicasets.crane.dev >/dev/null
+hack/crd-established.sh 60
 
 echo "[run] starting the operator; in another shell: export KUBECONFIG=$KUBECONFIG; make demo"
 exec "$bin" run --metrics-addr "${CRANE_METRICS_ADDR:-127.0.0.1:8080}" "$@"

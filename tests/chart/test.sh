@@ -34,6 +34,8 @@ case ${1:-} in
   *) echo "usage: tests/chart/test.sh (no arguments)" >&2; exit 2 ;;
 esac
 
+"$root/hack/debian-packages.sh" "make chart" python3:python3
+
 chart=$root/charts/crane-operator
 release=crane-chart-test
 ns=crane-chart-test

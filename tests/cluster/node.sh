@@ -128,18 +128,8 @@ network() {
 
 # --- up -----------------------------------------------------------------------------------
 ensure_packages() {
-  local p missing=()
-  for p in "${packages[@]}"; do
-    if [[ ${p%%:*} == /* ]]; then [ -e "${p%%:*}" ] && continue; else command -v "${p%%:*}" >/dev/null && continue; fi
-    missing+=("${p#*:}")
-  done
-  [ ${#missing[@]} -eq 0 ] && return
-  command -v apt-get >/dev/null ||
-    die "missing: ${missing[*]} (Debian/Ubuntu package names); install them, then run 'make cluster' again"
-  log "installing the node's runtime from Debian: ${missing[*]} (apt-get, once)"
-  apt-get update -qq >/dev/null 2>&1 || true
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$dir/logs/apt.log" 2>&1 ||
-    die "apt-get install ${missing[*]} failed: see $dir/logs/apt.log"
+  "$here/../../hack/debian-packages.sh" "the real node" "${packages[@]}" ||
+    die "the node's runtime is not installed (see above)"
 }
 
 # The node's own images, from C sources in node/: the pod sandbox (containerd's

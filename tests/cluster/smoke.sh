@@ -239,6 +239,26 @@ namespace_deleted() {
 
 # --- run ---------------------------------------------------------------------------------
 echo "smoke test of the local cluster (KUBECONFIG=$KUBECONFIG, namespace $ns)"
+# A brand-new CRD has no conditions yet: `kubectl wait --for condition=established` fails on
+# it at once, which broke the first `make run`; hack/crd-established.sh polls instead.
+crd_established_wait() {
+  local crd=smokes.check.crane.dev out
+  k apply -f - >/dev/null <<EOF || { why="cannot create the CRD $crd"; return 1; }
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: $crd}
+spec:
+  group: check.crane.dev
+  names: {kind: Smoke, plural: smokes}
+  scope: Namespaced
+  versions:
+  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object}}}
+EOF
+  out=$("$here/../../hack/crd-established.sh" 30 "$crd" 2>&1) || why=$out
+  k delete crd "$crd" --wait=false >/dev/null 2>&1 || true
+  [ -z "$why" ]
+}
+
 check "API server reachable" reachable
 if [ "${#failures[@]}" -gt 0 ]; then summary; fi
 trap cleanup EXIT
@@ -261,5 +281,6 @@ check "it answers through its ClusterIP" hello_through ClusterIP
 check "it answers through a NodePort of $NODE_NAME" hello_through NodePort
 check "it answers through its LoadBalancer address" hello_through LoadBalancer
 check "kubectl logs reaches the kubelet" hello_logs
+check "a CRD just created is waited for until Established (make run's first start)" crd_established_wait
 check "deleting the namespace completes (namespace controller)" namespace_deleted
 summary

@@ -103,7 +103,7 @@ helm upgrade --install "$release" "$root/charts/crane-operator" \
   --wait --timeout 5m \
   ${HELM_ARGS:-}
 
-kubectl wait --for condition=Established --timeout 60s crd/cranereplicasets.crane.dev
+"$root/hack/crd-established.sh" 60
 kubectl -n "$namespace" rollout status "deployment/$release" --timeout 180s
 helm test "$release" --namespace "$namespace" --logs --timeout 3m
 
