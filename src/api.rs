@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::ReplicaSetCondition;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
@@ -282,9 +282,13 @@ pub struct CraneReplicaSetStatus {
     /// The selector in string form, for the scale subresource and HorizontalPodAutoscalers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// ReplicaFailure (FailedCreate / FailedDelete), as on apps/v1 ReplicaSets.
+    /// metav1.Conditions, one per type, each with the generation it describes. kstatus
+    /// (Helm's --wait, Flux, Argo CD, kubectl wait) reads Ready (every desired pod available
+    /// on the current generation), Reconciling (converging) and Stalled (cannot progress:
+    /// failed creations, a Service conflict, pods that cannot start); the details are in
+    /// ReplicaFailure (FailedCreate / FailedDelete), ServiceFailure and PodsReady.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<ReplicaSetCondition>,
+    pub conditions: Vec<Condition>,
     /// The Service that exposes the pods, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceStatus>,
@@ -432,6 +436,19 @@ const HAS_TEMPLATE_LABELS: &str =
     "has(self.template.metadata) && has(self.template.metadata.labels)";
 
 fn refine_schema(root: &mut Value) {
+    // A CraneReplicaSet the operator has not seen yet reads as observedGeneration -1, not
+    // as no status at all, which kstatus (Helm's --wait, Flux) would call Current at once.
+    set(prop(root, &["status"]), "default", json!({}));
+    set(
+        prop(root, &["status", "observedGeneration"]),
+        "default",
+        json!(-1),
+    );
+    // One condition per type, merged by type (metav1.Condition lists' convention).
+    let conditions = prop(root, &["status", "conditions"]);
+    set(conditions, "x-kubernetes-list-type", json!("map"));
+    set(conditions, "x-kubernetes-list-map-keys", json!(["type"]));
+
     let template = prop(root, &["spec", "template"]);
     for part in ["metadata", "spec"] {
         strip_descriptions(prop(template, &[part]));

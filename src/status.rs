@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::ReplicaSetCondition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Selector;
 
-use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, PodIssue, ServiceStatus};
+use crate::api::{
+    CraneReplicaSet, CraneReplicaSetStatus, PodIssue, ServiceStatus, UpdateStrategyType,
+};
 use crate::diagnostics;
 use crate::pods::{PodFacts, TEMPLATE_HASH_LABEL, template_hash};
 
@@ -21,6 +22,24 @@ pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 pub const SERVICE_FAILURE: &str = "ServiceFailure";
 /// True when `replicas` pods are ready; False with the reason most pods are not.
 pub const PODS_READY: &str = "PodsReady";
+/// kstatus: True when every desired pod is available on the current generation.
+pub const READY: &str = "Ready";
+/// kstatus: True while the object converges (InProgress for Helm, Flux, Argo CD).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: True when it cannot progress without a change by someone (Failed).
+pub const STALLED: &str = "Stalled";
+
+/// Pod issues that do not go away by waiting: the pods need a fixed template, image or
+/// configuration. (Unschedulable is not one: a node may come.)
+const PERSISTENT_ISSUES: [&str; 7] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "OOMKilled",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
 
 /// Why the last pass could not do what it wanted to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,26 +103,55 @@ pub fn compute(
         updated_replicas: count(&|p| p.labels.get(TEMPLATE_HASH_LABEL) == Some(&hash)),
         available_replicas: count(&|p| p.is_available(min_ready, observed.now)),
         selector: Some(selector.to_string()),
-        conditions: set_status_condition(
-            set_condition(
-                set_condition(
-                    previous.conditions,
-                    REPLICA_FAILURE,
-                    observed.replica_failure,
-                    observed.now,
-                ),
-                SERVICE_FAILURE,
-                observed.service_failure,
-                observed.now,
-            ),
-            PODS_READY,
-            pods_ready,
-            observed.now,
-        ),
+        conditions: Vec::new(),
         service: observed.service,
         pod_issues,
     };
-    (status, recheck)
+    let at = At {
+        now: observed.now,
+        generation: crs.metadata.generation,
+    };
+    let mut conditions = previous.conditions;
+    set_failure(
+        &mut conditions,
+        REPLICA_FAILURE,
+        &observed.replica_failure,
+        at,
+    );
+    set_failure(
+        &mut conditions,
+        SERVICE_FAILURE,
+        &observed.service_failure,
+        at,
+    );
+    set(&mut conditions, PODS_READY, pods_ready, at);
+    let rolling = crs.spec.update_strategy.type_ == UpdateStrategyType::RollingUpdate;
+    // Stalled by a failure says what its failure condition says: the first message of a
+    // failure that repeats, not the latest (which names another generated pod every time,
+    // and a status that changes on every failed pass would trigger the next at once).
+    let failure = [
+        (REPLICA_FAILURE, observed.replica_failure),
+        (SERVICE_FAILURE, observed.service_failure),
+    ]
+    .into_iter()
+    .find_map(|(type_, failure)| {
+        let f = failure?;
+        let kept = conditions.iter().find(|c| c.type_ == type_);
+        Some(Failure {
+            message: kept.map_or(f.message, |c| c.message.clone()),
+            ..f
+        })
+    });
+    for (type_, state) in kstatus(&status, crs.spec.replicas, rolling, failure) {
+        set(&mut conditions, type_, state, at);
+    }
+    (
+        CraneReplicaSetStatus {
+            conditions,
+            ..status
+        },
+        recheck,
+    )
 }
 
 /// The PodsReady condition: its status, reason and message.
@@ -140,64 +188,127 @@ fn pods_ready(
     }
 }
 
-/// Sets a condition; `lastTransitionTime` moves only when its status changes.
-fn set_status_condition(
-    mut conditions: Vec<ReplicaSetCondition>,
-    type_: &str,
-    (ok, reason, message): (bool, String, String),
+/// When a status is computed: its time, and the generation it describes.
+#[derive(Clone, Copy)]
+struct At {
     now: Timestamp,
-) -> Vec<ReplicaSetCondition> {
+    generation: Option<i64>,
+}
+
+/// Ready, Reconciling and Stalled, as kstatus reads them (at most one of them True).
+fn kstatus(
+    status: &CraneReplicaSetStatus,
+    desired: i32,
+    rolling: bool,
+    failure: Option<Failure>,
+) -> [(&'static str, (bool, String, String)); 3] {
+    let counts = format!(
+        "{} of {desired} pods available, {} up to date",
+        status.available_replicas, status.updated_replicas
+    );
+    let stalled = failure
+        .map(|f| (f.reason.to_string(), f.message))
+        .or_else(|| {
+            let top = status.pod_issues.first()?;
+            PERSISTENT_ISSUES.contains(&top.reason.as_str()).then(|| {
+                let message = format!(
+                    "{} of {desired} pods: {} (e.g. {}); {}",
+                    top.count, top.reason, top.example_pod, top.hint
+                );
+                (top.reason.clone(), message)
+            })
+        });
+    let ready = status.replicas == desired
+        && status.available_replicas == desired
+        && (!rolling || status.updated_replicas == desired);
+    let progress = if status.replicas < desired {
+        "ScalingUp"
+    } else if status.replicas > desired {
+        "ScalingDown"
+    } else if rolling && status.updated_replicas < desired {
+        "RollingUpdate"
+    } else {
+        "WaitingForAvailablePods"
+    };
+    match (ready, stalled) {
+        (true, _) => [
+            (READY, (true, "AllPodsAvailable".into(), counts.clone())),
+            (
+                RECONCILING,
+                (false, "AllPodsAvailable".into(), counts.clone()),
+            ),
+            (STALLED, (false, "AllPodsAvailable".into(), counts)),
+        ],
+        (false, Some((reason, message))) => [
+            (READY, (false, reason.clone(), message.clone())),
+            (RECONCILING, (false, reason.clone(), message.clone())),
+            (STALLED, (true, reason, message)),
+        ],
+        (false, None) => [
+            (READY, (false, progress.into(), counts.clone())),
+            (RECONCILING, (true, progress.into(), counts.clone())),
+            (STALLED, (false, progress.into(), counts)),
+        ],
+    }
+}
+
+/// Sets a condition to `(status, reason, message)`. `lastTransitionTime` moves only when
+/// its status changes.
+fn set(conditions: &mut Vec<Condition>, type_: &str, state: (bool, String, String), at: At) {
+    let (ok, reason, message) = state;
     let status = if ok { "True" } else { "False" };
     let since = conditions
         .iter()
-        .find(|c| c.type_.as_deref() == Some(type_) && c.status.as_deref() == Some(status))
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    conditions.retain(|c| c.type_.as_deref() != Some(type_));
-    conditions.push(ReplicaSetCondition {
-        type_: Some(type_.into()),
-        status: Some(status.into()),
-        reason: Some(reason),
-        message: Some(message),
-        last_transition_time: Some(since),
-    });
-    conditions
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(at.now), |c| c.last_transition_time.clone());
+    put(
+        conditions,
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason,
+            message,
+            observed_generation: at.generation,
+            last_transition_time: since,
+        },
+    );
+}
+
+/// Replaces the condition of its type, keeping the list's order.
+fn put(conditions: &mut Vec<Condition>, condition: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(c) => *c = condition,
+        None => conditions.push(condition),
+    }
 }
 
 /// Sets (True, with the failure's reason) or clears a failure condition. An unchanged
-/// condition keeps its time and message, so a failure that repeats does not rewrite the
+/// failure keeps its time and message, so a failure that repeats does not rewrite the
 /// status on every retry.
-fn set_condition(
-    mut conditions: Vec<ReplicaSetCondition>,
-    type_: &str,
-    failure: Option<Failure>,
-    now: Timestamp,
-) -> Vec<ReplicaSetCondition> {
-    let current = conditions
-        .iter()
-        .position(|c| c.type_.as_deref() == Some(type_));
+fn set_failure(conditions: &mut Vec<Condition>, type_: &str, failure: &Option<Failure>, at: At) {
+    let current = conditions.iter().position(|c| c.type_ == type_);
     match (failure, current) {
         (None, Some(i)) => {
             conditions.remove(i);
         }
         (Some(f), Some(i))
-            if conditions[i].status.as_deref() == Some("True")
-                && conditions[i].reason.as_deref() == Some(f.reason) => {}
-        (Some(f), current) => {
-            if let Some(i) = current {
-                conditions.remove(i);
-            }
-            conditions.push(ReplicaSetCondition {
-                type_: Some(type_.into()),
-                status: Some("True".into()),
-                reason: Some(f.reason.into()),
-                message: Some(f.message),
-                last_transition_time: Some(Time(now)),
-            });
+            if conditions[i].status == "True" && conditions[i].reason == f.reason =>
+        {
+            conditions[i].observed_generation = at.generation;
         }
+        (Some(f), _) => put(
+            conditions,
+            Condition {
+                type_: type_.into(),
+                status: "True".into(),
+                reason: f.reason.into(),
+                message: f.message.clone(),
+                observed_generation: at.generation,
+                last_transition_time: Time(at.now),
+            },
+        ),
         (None, None) => {}
     }
-    conditions
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed and new fields,
@@ -305,25 +416,95 @@ mod tests {
         };
         let (st, _) = compute(&crs, &app_crane(), observe(&[], failed(), t0));
         let failure = condition(&st, REPLICA_FAILURE).expect("ReplicaFailure");
-        assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
+        assert_eq!(failure.reason, "FailedCreate");
+        let stalled = condition(&st, STALLED).unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "FailedCreate")
+        );
 
         crs.status = Some(st.clone());
         let later = t0 + SignedDuration::from_secs(60);
-        let (again, _) = compute(&crs, &app_crane(), observe(&[], failed(), later));
-        assert_eq!(again, st, "a repeated failure does not change the status");
+        let next_pod = Some(Failure {
+            reason: "FailedCreate",
+            message: "pod crane-xyz12: exceeded quota: pods=1".into(),
+        });
+        let (again, _) = compute(&crs, &app_crane(), observe(&[], next_pod, later));
+        assert_eq!(
+            again, st,
+            "a repeated failure does not change the status, even with another pod's name"
+        );
 
         crs.status = Some(again);
         let (cleared, _) = compute(&crs, &app_crane(), observe(&[], None, later));
         assert!(condition(&cleared, REPLICA_FAILURE).is_none());
     }
 
-    fn condition<'a>(
-        st: &'a CraneReplicaSetStatus,
-        type_: &str,
-    ) -> Option<&'a ReplicaSetCondition> {
-        st.conditions
-            .iter()
-            .find(|c| c.type_.as_deref() == Some(type_))
+    fn condition<'a>(st: &'a CraneReplicaSetStatus, type_: &str) -> Option<&'a Condition> {
+        st.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// (status, reason) of Ready, Reconciling and Stalled.
+    fn kstatus_of(st: &CraneReplicaSetStatus) -> [(String, String); 3] {
+        [READY, RECONCILING, STALLED].map(|t| {
+            let c = condition(st, t).unwrap_or_else(|| panic!("no {t} condition"));
+            (c.status.clone(), c.reason.clone())
+        })
+    }
+
+    fn row(ready: &str, reconciling: &str, stalled: &str, reason: &str) -> [(String, String); 3] {
+        [ready, reconciling, stalled].map(|s| (s.to_string(), reason.to_string()))
+    }
+
+    #[test]
+    fn ready_reconciling_and_stalled_as_kstatus_reads_them() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(100);
+        let mut crs = crane(2);
+        crs.metadata.generation = Some(7);
+        let pulling = |name: &str| PodFacts {
+            ready_since: None,
+            issue: Some(crate::pods::Issue {
+                reason: "ImagePullBackOff".into(),
+                message: String::new(),
+            }),
+            ..pod(name)
+        };
+        let starting = PodFacts {
+            ready_since: None,
+            ..pod("b")
+        };
+        let cases: [(&str, Vec<PodFacts>, [(String, String); 3]); 4] = [
+            (
+                "all available",
+                vec![pod("a"), pod("b")],
+                row("True", "False", "False", "AllPodsAvailable"),
+            ),
+            (
+                "one to create",
+                vec![pod("a")],
+                row("False", "True", "False", "ScalingUp"),
+            ),
+            (
+                "one starting",
+                vec![pod("a"), starting],
+                row("False", "True", "False", "WaitingForAvailablePods"),
+            ),
+            (
+                "every pod ImagePullBackOff",
+                vec![pulling("a"), pulling("b")],
+                row("False", "False", "True", "ImagePullBackOff"),
+            ),
+        ];
+        for (situation, pods, want) in cases {
+            let (st, _) = compute(&crs, &app_crane(), observe(&pods, None, now));
+            assert_eq!(kstatus_of(&st), want, "{situation}");
+            assert!(
+                st.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(7)),
+                "{situation}: every condition names its generation"
+            );
+        }
     }
 
     #[test]
@@ -342,10 +523,10 @@ mod tests {
         let (st, _) = compute(&crs, &app_crane(), observe(&pods, None, t0));
         let c = condition(&st, PODS_READY).unwrap();
         assert_eq!(
-            (c.status.as_deref(), c.reason.as_deref()),
-            (Some("False"), Some("ImagePullBackOff"))
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ImagePullBackOff")
         );
-        assert!(c.message.as_deref().unwrap().contains("registry"), "{c:?}");
+        assert!(c.message.contains("registry"), "{c:?}");
         assert_eq!(st.pod_issues[0].example_pod, "b");
 
         crs.status = Some(st.clone());
@@ -364,14 +545,11 @@ mod tests {
         );
         let c = condition(&fixed, PODS_READY).unwrap();
         assert_eq!(
-            (c.status.as_deref(), c.reason.as_deref()),
-            (Some("True"), Some("AllPodsReady"))
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "AllPodsReady")
         );
         assert!(fixed.pod_issues.is_empty());
-        assert_eq!(
-            c.last_transition_time.as_ref().unwrap().0,
-            t0 + SignedDuration::from_secs(60)
-        );
+        assert_eq!(c.last_transition_time.0, t0 + SignedDuration::from_secs(60));
     }
 
     #[test]

@@ -193,8 +193,8 @@ pub(super) async fn announce_pod_issues(
     let message = || {
         new.conditions
             .iter()
-            .find(|c| c.type_.as_deref() == Some(status::PODS_READY))
-            .and_then(|c| c.message.clone())
+            .find(|c| c.type_ == status::PODS_READY)
+            .map(|c| c.message.clone())
             .unwrap_or_default()
     };
     match news {

@@ -155,17 +155,15 @@ async fn hundred_crane_replica_sets_some_broken() {
                     None => {
                         services.contains(&format!("{n}-http"))
                             && !st.conditions.iter().any(|c| {
-                                c.status.as_deref() == Some("True")
+                                c.status == "True"
                                     && matches!(
-                                        c.type_.as_deref(),
-                                        Some("ServiceFailure" | "ReplicaFailure")
+                                        c.type_.as_str(),
+                                        "ServiceFailure" | "ReplicaFailure"
                                     )
                             })
                     }
                     Some(reason) => st.conditions.iter().any(|c| {
-                        c.type_.as_deref() == Some("ServiceFailure")
-                            && c.status.as_deref() == Some("True")
-                            && c.reason.as_deref() == Some(reason)
+                        c.type_ == "ServiceFailure" && c.status == "True" && c.reason == reason
                     }),
                 };
                 if !(pods_ok && service_ok) {

@@ -199,12 +199,7 @@ async fn reported(env: &TestEnv, case: &Case) -> Result<String, String> {
     let check = || async {
         let condition = env.condition(&name, &type_).await?;
         let ok = condition.as_ref().is_some_and(|c| {
-            c.status.as_deref() == Some("True")
-                && c.reason.as_deref() == Some(reason.as_str())
-                && c.message
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains(&case.expect)
+            c.status == "True" && c.reason == reason.as_str() && c.message.contains(&case.expect)
         });
         let events = env.events_for(&name, &event_reason).await?;
         let event = events.iter().find(|e| {
@@ -212,7 +207,7 @@ async fn reported(env: &TestEnv, case: &Case) -> Result<String, String> {
                 && e.note.as_deref().unwrap_or_default().contains(&case.expect)
         });
         match (ok, event) {
-            (true, Some(_)) => Ok(condition.and_then(|c| c.message).unwrap_or_default()),
+            (true, Some(_)) => Ok(condition.map(|c| c.message).unwrap_or_default()),
             _ => Err(format!(
                 "condition {condition:?}; {} {event_reason} events: {:?}",
                 events.len(),

@@ -46,16 +46,13 @@ async fn wait_for_issue(
         LONG,
         || async {
             let st = env.status(name).await?;
-            let ready = st
-                .conditions
-                .iter()
-                .find(|c| c.type_.as_deref() == Some("PodsReady"));
+            let ready = st.conditions.iter().find(|c| c.type_ == "PodsReady");
             match (st.pod_issues.first(), ready) {
                 (Some(i), Some(c))
                     if i.reason == reason
                         && i.count == count
-                        && c.reason.as_deref() == Some(reason)
-                        && c.status.as_deref() == Some("False") =>
+                        && c.reason == reason
+                        && c.status == "False" =>
                 {
                     Ok(i.clone())
                 }
@@ -87,8 +84,8 @@ async fn fix(env: &TestEnv, name: &str, replicas: usize) {
         let ready = st
             .conditions
             .iter()
-            .find(|c| c.type_.as_deref() == Some("PodsReady"))
-            .and_then(|c| c.status.clone());
+            .find(|c| c.type_ == "PodsReady")
+            .map(|c| c.status.clone());
         (st.pod_issues.is_empty() && ready.as_deref() == Some("True"))
             .then_some(())
             .ok_or(seen((st.pod_issues, ready)))
@@ -148,9 +145,10 @@ async fn a_healthy_crane_replica_set_shows_no_issues_and_its_status_does_not_chu
     let crs = wait_for("PodsReady True", SHORT, || async {
         let crs = env.crs().get("crane").await.map_err(|e| e.to_string())?;
         let st = crs.status.clone().unwrap_or_default();
-        let ready = st.conditions.iter().any(|c| {
-            c.type_.as_deref() == Some("PodsReady") && c.status.as_deref() == Some("True")
-        });
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PodsReady" && c.status == "True");
         (ready && st.pod_issues.is_empty())
             .then_some(crs.clone())
             .ok_or(seen(st))

@@ -55,7 +55,7 @@ async fn resource_quota_gives_failed_create_until_lifted() {
             let cond = st
                 .conditions
                 .iter()
-                .find(|c| c.type_.as_deref() == Some("ReplicaFailure"))
+                .find(|c| c.type_ == "ReplicaFailure")
                 .cloned();
             match cond {
                 Some(c)
@@ -73,13 +73,9 @@ async fn resource_quota_gives_failed_create_until_lifted() {
         },
     )
     .await;
-    assert_eq!(condition.status.as_deref(), Some("True"), "{condition:?}");
-    assert_eq!(
-        condition.reason.as_deref(),
-        Some("FailedCreate"),
-        "{condition:?}"
-    );
-    let message = condition.message.clone().unwrap_or_default();
+    assert_eq!(condition.status, "True", "{condition:?}");
+    assert_eq!(condition.reason, "FailedCreate", "{condition:?}");
+    let message = condition.message.clone();
     assert!(
         message.contains("exceeded quota"),
         "the message names the quota: {message}"
@@ -235,13 +231,9 @@ async fn service_without_a_port_is_a_condition_not_a_crash() {
             .ok_or("no condition yet".to_string())
     })
     .await;
-    assert_eq!(condition.status.as_deref(), Some("True"), "{condition:?}");
-    assert_eq!(
-        condition.reason.as_deref(),
-        Some("InvalidServicePort"),
-        "{condition:?}"
-    );
-    let message = condition.message.clone().unwrap_or_default();
+    assert_eq!(condition.status, "True", "{condition:?}");
+    assert_eq!(condition.reason, "InvalidServicePort", "{condition:?}");
+    let message = condition.message.clone();
     assert!(
         message.contains("spec.service.targetPort"),
         "the message names the field: {message}"

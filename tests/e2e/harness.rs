@@ -517,14 +517,14 @@ impl TestEnv {
         &self,
         name: &str,
         type_: &str,
-    ) -> Result<Option<k8s_openapi::api::apps::v1::ReplicaSetCondition>, String> {
+    ) -> Result<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>, String> {
         let crs = self.crs().get(name).await.map_err(|e| e.to_string())?;
         Ok(crs
             .status
             .unwrap_or_default()
             .conditions
             .into_iter()
-            .find(|c| c.type_.as_deref() == Some(type_)))
+            .find(|c| c.type_ == type_))
     }
 
     /// The holder of the operator's leader Lease in this namespace (None: no Lease, or

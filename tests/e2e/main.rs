@@ -5,6 +5,7 @@ mod corpus;
 mod diagnostics;
 mod failures;
 mod harness;
+mod kstatus;
 mod operations;
 mod ownership;
 mod placement;

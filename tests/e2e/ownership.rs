@@ -206,9 +206,7 @@ async fn an_object_recreated_after_an_orphaning_delete_adopts_its_pods_and_servi
     assert_eq!(names(&after), names(&before), "the same pods, adopted");
     let conflict = env.condition("crane", "ServiceFailure").await.unwrap();
     assert!(
-        conflict
-            .as_ref()
-            .is_none_or(|c| c.status.as_deref() == Some("False")),
+        conflict.as_ref().is_none_or(|c| c.status == "False"),
         "no ServiceConflict: {conflict:?}"
     );
     env.cleanup().await;
