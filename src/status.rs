@@ -445,14 +445,16 @@ mod tests {
     }
 
     /// (status, reason) of Ready, Reconciling and Stalled.
-    fn kstatus_of(st: &CraneReplicaSetStatus) -> [(String, String); 3] {
+    type Kstatus = [(String, String); 3];
+
+    fn kstatus_of(st: &CraneReplicaSetStatus) -> Kstatus {
         [READY, RECONCILING, STALLED].map(|t| {
             let c = condition(st, t).unwrap_or_else(|| panic!("no {t} condition"));
             (c.status.clone(), c.reason.clone())
         })
     }
 
-    fn row(ready: &str, reconciling: &str, stalled: &str, reason: &str) -> [(String, String); 3] {
+    fn row(ready: &str, reconciling: &str, stalled: &str, reason: &str) -> Kstatus {
         [ready, reconciling, stalled].map(|s| (s.to_string(), reason.to_string()))
     }
 
@@ -473,7 +475,7 @@ mod tests {
             ready_since: None,
             ..pod("b")
         };
-        let cases: [(&str, Vec<PodFacts>, [(String, String); 3]); 4] = [
+        let cases: [(&str, Vec<PodFacts>, Kstatus); 4] = [
             (
                 "all available",
                 vec![pod("a"), pod("b")],
