@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -44,8 +45,35 @@ struct RunArgs {
     #[arg(long, env = "CRANE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
     /// Reconcile only while holding the leader lease (for more than one replica).
-    #[arg(long, env = "CRANE_LEADER_ELECT")]
+    /// `--leader-elect`, `--leader-elect=false`; the variable takes true/false, 1/0,
+    /// yes/no, on/off.
+    #[arg(
+        long,
+        env = "CRANE_LEADER_ELECT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
     leader_elect: bool,
+    /// How long a leader's lease lasts without renewal (as kube-controller-manager's
+    /// --leader-elect-lease-duration).
+    #[arg(long, env = "CRANE_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it stops; shorter than the lease.
+    #[arg(long, env = "CRANE_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take, and the leader to renew, the lease.
+    #[arg(long, env = "CRANE_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+    /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// configuration, as kubectl).
+    #[arg(long, env = "CRANE_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, env = "CRANE_CONTEXT")]
+    context: Option<String>,
     /// Namespace of the leader lease (default: POD_NAMESPACE, else the watched namespace, else `default`).
     #[arg(long, env = "CRANE_LEADER_ELECT_NAMESPACE")]
     leader_elect_namespace: Option<String>,
@@ -99,9 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
-    let kube_config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster")?;
+    let kube_config = kube_config(&args).await?;
     let client = client::build(kube_config.clone()).context("could not set up the API client")?;
     tokio::select! {
         checked = controller::check_crd_served(&client, args.namespace.as_deref()) => checked?,
@@ -145,13 +171,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health.set_standby(true);
         let lease_client = client::build_without_retries(kube_config)
             .context("could not set up the Lease client")?;
-        let elector = Elector::new(
-            lease_client,
-            &lease_ns,
-            LEASE_NAME,
-            &identity,
-            Timings::default(),
+        let timings = Timings {
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        };
+        anyhow::ensure!(
+            timings.retry_period < timings.renew_deadline
+                && timings.renew_deadline < timings.lease_duration,
+            "leader election needs --leader-elect-retry-period < --leader-elect-renew-deadline < \
+             --leader-elect-lease-duration (a leader must stop before its lease can expire for others); got {:?} < {:?} < {:?}",
+            timings.retry_period,
+            timings.renew_deadline,
+            timings.lease_duration
         );
+        let elector = Elector::new(lease_client, &lease_ns, LEASE_NAME, &identity, timings);
         let (leading_tx, mut leading) = watch::channel(false);
         let (release_tx, release_rx) = watch::channel(false);
         let election = tokio::spawn(elector.run(leading_tx, release_rx));
@@ -193,6 +227,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster to talk to: `--kubeconfig`/`--context` when given, else kubectl's rules
+/// (KUBECONFIG, ~/.kube/config, then the in-cluster configuration).
+async fn kube_config(args: &RunArgs) -> anyhow::Result<kube::Config> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| format!("no usable kubeconfig context {context}")),
+        (None, None) => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster"),
+    }
+}
+
+/// A duration as kube-controller-manager's flags take it: `15s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 15s, 500ms or 2m"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
+    }
+}
+
 fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -204,4 +280,45 @@ fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["crane-operator", "run"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            Command::Crd => unreachable!("parsed as run"),
+        }
+    }
+
+    #[test]
+    fn leader_elect_takes_the_usual_boolean_spellings() {
+        assert!(!run_args(&[]).unwrap().leader_elect);
+        assert!(run_args(&["--leader-elect"]).unwrap().leader_elect);
+        assert!(!run_args(&["--leader-elect=false"]).unwrap().leader_elect);
+        assert!(run_args(&["--leader-elect=1"]).unwrap().leader_elect);
+        assert!(run_args(&["--leader-elect=yes"]).unwrap().leader_elect);
+        assert!(run_args(&["--leader-elect=maybe"]).is_err());
+    }
+
+    #[test]
+    fn durations_read_like_kube_controller_managers_flags() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("15").unwrap_err().contains("no unit"));
+        assert!(parse_duration("1h").unwrap_err().contains("unit"));
+        let args = run_args(&["--leader-elect-renew-deadline", "8s"]).unwrap();
+        assert_eq!(args.leader_elect_renew_deadline, Duration::from_secs(8));
+        assert_eq!(args.leader_elect_lease_duration, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn the_metrics_address_may_be_ipv6() {
+        let args = run_args(&["--metrics-addr", "[::]:8080"]).unwrap();
+        assert!(args.metrics_addr.is_ipv6());
+    }
 }
