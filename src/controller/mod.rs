@@ -417,12 +417,53 @@ pub async fn run(
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    //! Pods and caches in one line, for the shell's tests.
+    //! Pods, caches and a scripted API in one line, for the shell's tests.
     use super::*;
     use crate::api::fixtures::crane;
+    use http::{Request, Response};
+    use kube::client::Body;
     use serde_json::json;
+    use tower_test::mock;
 
     pub const NONE: [&str; 0] = [];
+
+    /// The other end of a scripted API: each request is answered by the test.
+    pub type ApiHandle = mock::Handle<Request<Body>, Response<Body>>;
+
+    /// A context whose client talks to a scripted API, with empty caches.
+    pub fn scripted_context() -> (Context, ApiHandle) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (services, _) = reflector::store::<Service>();
+        let ctx = Context {
+            client: Client::new(service, "default"),
+            pods: Arc::default(),
+            services,
+            expectations: Arc::default(),
+            events,
+            metrics: Arc::default(),
+            failures: Arc::default(),
+            announced: Mutex::default(),
+        };
+        (ctx, handle)
+    }
+
+    /// An API answer: `status` with a JSON body.
+    pub fn answer(status: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(body.to_string().into_bytes()))
+            .expect("a valid response")
+    }
+
+    /// A `Status` failure as the API server sends it.
+    pub fn failure(code: u16, reason: &str) -> Response<Body> {
+        answer(
+            code,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "code": code, "reason": reason, "message": reason}),
+        )
+    }
 
     pub fn pod(name: &str, owner: Option<(&str, &str)>) -> Pod {
         let owners: Vec<_> = owner

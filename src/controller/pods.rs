@@ -272,3 +272,67 @@ pub(super) async fn delete_pods(
             message: error_message(&e),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures::crane;
+    use crate::controller::fixtures::*;
+    use http::Method;
+
+    /// Creates 2 pods against a scripted API that answers the first POST with `first` and
+    /// the second with 201; returns whether the expectations were met afterwards (the
+    /// watch having delivered the one created pod), and how many POSTs came.
+    async fn create_two(first: http::Response<kube::client::Body>) -> (bool, usize) {
+        let (ctx, mut api) = scripted_context();
+        let crs = crane(2);
+        ctx.expectations.expect("default/crane", "crs-uid", 2, NONE);
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), "default");
+        let server = tokio::spawn(async move {
+            let mut posts = 0;
+            let mut first = Some(first);
+            while let Some((req, send)) = api.next_request().await {
+                assert_eq!(req.method(), Method::POST, "{}", req.uri());
+                posts += 1;
+                match first.take() {
+                    Some(answer) => send.send_response(answer),
+                    None => send
+                        .send_response(answer(201, serde_json::to_value(ours("crane-b")).unwrap())),
+                }
+            }
+            posts
+        });
+        let failure = create_pods(&crs, &ctx, &pods, 2).await;
+        let observed = watcher::Event::Apply(ours("crane-b"));
+        let crs_cache = reflector::store::<CraneReplicaSet>().0;
+        super::super::on_pod_event(&observed, &ctx.pods, &crs_cache, &ctx.expectations);
+        let met = ctx.expectations.satisfied("default/crane", "crs-uid");
+        drop(ctx);
+        drop(pods);
+        drop(failure);
+        (met, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_504_create_is_sent_once_and_keeps_its_expectation() {
+        let (met, posts) = create_two(failure(504, "Timeout")).await;
+        assert_eq!(
+            posts, 2,
+            "one POST per pod: the timed-out one is not sent again"
+        );
+        assert!(
+            !met,
+            "the timed-out pod may exist: no pass may create it again until it is seen"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_create_is_not_expected_any_more() {
+        let (met, posts) = create_two(failure(422, "Invalid")).await;
+        assert_eq!(posts, 1, "the first failing batch stops the creations");
+        assert!(
+            met,
+            "a refused pod will never be seen: nothing is outstanding"
+        );
+    }
+}
