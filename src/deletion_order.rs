@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 
-use crate::pods::{Phase, PodFacts};
+use crate::pods::{Phase, PodFacts, UNKNOWN_TIME};
 
 /// The `n` pods to delete from `candidates`, the cheapest to lose first, judged at `now`.
 /// `related` are all active pods of the CraneReplicaSet (the candidates may be fewer, e.g.
@@ -75,7 +75,12 @@ fn delete_first(
     if let (Some(x), Some(y)) = (a.ready_since, b.ready_since)
         && x != y
     {
-        return newer_first(x, y, now).then_with(|| a.uid.cmp(&b.uid));
+        // A time not given counts as the newest (upstream's `afterOrZero`).
+        return match (x == UNKNOWN_TIME, y == UNKNOWN_TIME) {
+            (true, _) => Ordering::Less,
+            (_, true) => Ordering::Greater,
+            _ => newer_first(x, y, now).then_with(|| a.uid.cmp(&b.uid)),
+        };
     }
     // 7. More container restarts first.
     if a.restarts != b.restarts {
@@ -203,7 +208,7 @@ mod tests {
                 "ready for less time first",
                 vec![
                     PodFacts {
-                        ready_since: at(0),
+                        ready_since: at(1),
                         ..pod("keep")
                     },
                     PodFacts {

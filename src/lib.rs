@@ -1,7 +1,8 @@
 //! crane-operator: the ReplicationController of "Kubernetes in Action" as a CraneReplicaSet.
 //!
-//! The decisions live in pure modules (`planner`, `deletion_order`, `expectations`,
-//! `status`, `service`); `controller` runs them against the API server.
+//! The decisions live in pure modules (`planner`, `deletion_order`, `status`, `service`,
+//! `diagnostics`); `expectations` is the record, shared by the pod watch and the passes, of
+//! writes not yet seen; `controller` runs them against the API server.
 
 pub mod api;
 pub mod client;

@@ -70,6 +70,10 @@ pub struct Issue {
 /// Waiting reasons of a container that is simply starting: not worth reporting.
 const STARTING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
 
+/// A time the API server did not give (Go's zero time): `ready_since` of a Ready condition
+/// without a transition time.
+pub const UNKNOWN_TIME: Timestamp = Timestamp::UNIX_EPOCH;
+
 /// What the planner knows of one pod.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodFacts {
@@ -82,7 +86,8 @@ pub struct PodFacts {
     pub terminating: bool,
     pub phase: Phase,
     pub node_name: Option<String>,
-    /// When the Ready condition last became True, if it is True now.
+    /// When the Ready condition last became True ([`UNKNOWN_TIME`] if not said), if it is
+    /// True now.
     pub ready_since: Option<Timestamp>,
     pub restarts: i32,
     pub created: Option<Timestamp>,
@@ -221,11 +226,13 @@ impl PodFacts {
         self.ready_since.is_some()
     }
 
-    /// Ready for at least `min_ready_seconds` at `now`.
+    /// Ready for at least `min_ready_seconds` at `now`. A pod whose Ready condition has no
+    /// transition time is not available until then, as in `IsPodAvailable`.
     pub fn is_available(&self, min_ready_seconds: i32, now: Timestamp) -> bool {
         self.ready_since.is_some_and(|since| {
             min_ready_seconds <= 0
-                || since + jiff::SignedDuration::from_secs(min_ready_seconds.into()) <= now
+                || (since != UNKNOWN_TIME
+                    && since + jiff::SignedDuration::from_secs(min_ready_seconds.into()) <= now)
         })
     }
 }
@@ -270,7 +277,7 @@ pub mod fixtures {
             terminating: false,
             phase: Phase::Running,
             node_name: Some("node-1".to_string()),
-            ready_since: Some(Timestamp::UNIX_EPOCH),
+            ready_since: Some(Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(1)),
             restarts: 0,
             created: Some(Timestamp::UNIX_EPOCH),
             deletion_cost: 0,
@@ -318,6 +325,16 @@ mod tests {
         let ready_at: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
         assert!(!f.is_available(30, ready_at + jiff::SignedDuration::from_secs(29)));
         assert!(f.is_available(30, ready_at + jiff::SignedDuration::from_secs(30)));
+        let untimed = PodFacts {
+            ready_since: Some(UNKNOWN_TIME),
+            ..f
+        };
+        assert!(untimed.is_ready());
+        assert!(untimed.is_available(0, ready_at));
+        assert!(
+            !untimed.is_available(30, ready_at + jiff::SignedDuration::from_hours(1)),
+            "Ready without a transition time: not available while minReadySeconds applies"
+        );
     }
 
     #[test]
