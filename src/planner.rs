@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use crate::api::{UpdateStrategy, UpdateStrategyType};
 use crate::deletion_order::pods_to_delete;
 use crate::pods::{Controller, PodFacts, TEMPLATE_HASH_LABEL};
+use crate::service::OWNER_LABEL;
 
 /// At most this many pods are created or deleted in one pass, as kube-controller-manager's
 /// `BurstReplicas`: a large scale-up proceeds over several passes instead of one flood.
@@ -128,6 +129,19 @@ pub fn claim(desired: &Desired<'_>, pod: &PodFacts) -> Claim {
         Controller::None if matches && !desired.deleting && pod.is_active() => Claim::Adopt,
         _ => Claim::Ignore,
     }
+}
+
+/// The pods it owns and counts that lack [`OWNER_LABEL`] with its `name` (the Service
+/// selects on it): created before the label existed, or with it removed by someone.
+pub fn needing_owner_label<'p>(
+    desired: &Desired<'_>,
+    name: &str,
+    pods: &'p [PodFacts],
+) -> Vec<&'p PodFacts> {
+    pods.iter()
+        .filter(|p| claim(desired, p) == Claim::Owned && !p.terminating)
+        .filter(|p| p.labels.get(OWNER_LABEL).map(String::as_str) != Some(name))
+        .collect()
 }
 
 /// The pods a CraneReplicaSet counts after this pass's adoptions and releases.
@@ -402,6 +416,26 @@ mod tests {
             ..orphan("o")
         };
         assert_eq!(plan(&desired(1, &sel), &[dying], true).adopt, vec![]);
+    }
+
+    #[test]
+    fn owned_pods_without_the_owner_label_get_it() {
+        let sel = app_crane();
+        let labelled = |name: &str| {
+            let mut p = pod(name);
+            p.labels.insert(OWNER_LABEL.into(), "crane".into());
+            p
+        };
+        let dying = PodFacts {
+            terminating: true,
+            ..pod("dying")
+        };
+        let pods = [labelled("ok"), pod("bare"), dying, orphan("o")];
+        let names: Vec<&str> = needing_owner_label(&desired(3, &sel), "crane", &pods)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names, ["bare"]);
     }
 
     #[test]

@@ -42,18 +42,11 @@ pub(super) async fn claim_pods(
     api: &Api<Pod>,
     plan: &Plan,
     pods: &[PodFacts],
-    selector: &Selector,
+    desired: &Desired<'_>,
 ) -> Result<(), Error> {
     let name = crs.name_any();
     let uid = crs.uid().unwrap_or_default();
-    let needs_label: Vec<&PodFacts> = pods
-        .iter()
-        .filter(|p| p.labels.get(OWNER_LABEL) != Some(&name))
-        .filter(|p| {
-            p.controller == crate::pods::Controller::Uid(uid.clone()) && selector.matches(&p.labels)
-        })
-        .filter(|p| !p.terminating)
-        .collect();
+    let needs_label = planner::needing_owner_label(desired, &name, pods);
     if !plan.adopt.is_empty() {
         // The cache may be stale: adopt only if the CraneReplicaSet is still this one and
         // is not being deleted, read fresh from the API server.

@@ -77,7 +77,7 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     if !deleting {
-        claim_pods(crs, ctx, &pod_api, &plan, &pods, &selector).await?;
+        claim_pods(crs, ctx, &pod_api, &plan, &pods, &desired).await?;
     }
     if plan.create > 0 || !plan.delete.is_empty() {
         let victims = plan.delete.iter().map(|p| p.uid.as_str());
