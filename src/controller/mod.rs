@@ -427,6 +427,16 @@ pub(crate) mod fixtures {
 
     pub const NONE: [&str; 0] = [];
 
+    /// Caches that hold pods `names` of ours (seen by the pod watch), and expectations.
+    pub fn watched(names: &[&str]) -> (PodCache, Store<CraneReplicaSet>, Expectations) {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        for name in names {
+            watch::on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
+        }
+        (pods, crs, e)
+    }
+
     /// The other end of a scripted API: each request is answered by the test.
     pub type ApiHandle = mock::Handle<Request<Body>, Response<Body>>;
 

@@ -304,11 +304,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_deletion_observed_between_the_two_reads_of_a_pass_deletes_no_second_pod() {
-        let (pods, crs) = stores();
-        let e = Expectations::default();
-        for name in ["a", "b"] {
-            on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
-        }
+        let (pods, crs, e) = watched(&["a", "b"]);
         e.expect("default/crane", "crs-uid", 0, ["uid-b"]);
         let plan = pass_with_watch_between(1, &pods, &e, || {
             on_pod_event(&watcher::Event::Delete(ours("b")), &pods, &crs, &e);

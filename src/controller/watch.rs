@@ -183,11 +183,7 @@ mod tests {
 
     #[test]
     fn a_deleted_or_terminating_pod_is_an_observed_deletion() {
-        let (pods, crs) = stores();
-        let e = Expectations::default();
-        for name in ["a", "b"] {
-            on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
-        }
+        let (pods, crs, e) = watched(&["a", "b"]);
         e.expect("default/crane", "crs-uid", 0, ["uid-a", "uid-b"]);
         on_pod_event(&watcher::Event::Delete(ours("a")), &pods, &crs, &e);
         let mut terminating = ours("b");
@@ -230,11 +226,7 @@ mod tests {
 
     #[test]
     fn a_relist_that_lost_a_delete_unblocks_the_object() {
-        let (pods, crs) = stores();
-        let e = Expectations::default();
-        for name in ["a", "b"] {
-            on_pod_event(&watcher::Event::Apply(ours(name)), &pods, &crs, &e);
-        }
+        let (pods, crs, e) = watched(&["a", "b"]);
         e.expect("default/crane", "crs-uid", 0, ["uid-b"]);
         // b was deleted while the watch was down: the relist just no longer lists it.
         for event in [watcher::Event::Init, watcher::Event::InitApply(ours("a"))] {
