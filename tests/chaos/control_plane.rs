@@ -390,6 +390,15 @@ async fn relist_with_lost_deletions() {
         ));
         replicas = up;
     }
+    // The background watch may trail the list that saw the last pods.
+    let now_there = pod_uids(&env).await;
+    wait_for("the pod watch to have seen every pod", SHORT, || async {
+        let missing = now_there.difference(&seen.uids()).count();
+        (missing == 0)
+            .then_some(())
+            .ok_or(format!("{missing} not seen yet"))
+    })
+    .await;
     let ever = seen.pods().len() as u64;
     let relists = operator.log_text().matches("pod watch relisted").count();
     let overshoot = ever as i64 - created as i64;
