@@ -6,14 +6,21 @@
 //! own: a batch of 256 pod creations opens up to 256 TLS connections. Over HTTP/2 they share
 //! one. The operator makes no upgrade (websocket) requests, the reason kube keeps HTTP/1.1.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::{Body, ConfigExt};
 use kube::{Client, Config};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tower::retry::{Policy, RetryLayer};
-use tower::{BoxError, ServiceBuilder};
+use tower::{BoxError, Layer, Service, ServiceBuilder};
+
+use crate::metrics::{Metrics, RequestLabels};
 
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -91,24 +98,111 @@ impl<Res> Policy<Request<Body>, Response<Res>, BoxError> for SafeRetry {
     }
 }
 
+/// Counts every request sent and its answer in `crane_operator_api_requests_total`: each
+/// attempt, retries included, as client-go's `rest_client_requests_total` does.
+#[derive(Clone)]
+pub struct CountRequests {
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl CountRequests {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            requests: metrics.api_requests.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// The service of [`CountRequests`].
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    requests: Family<RequestLabels, Counter>,
+}
+
+fn verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Counted<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let verb = verb(req.method());
+        let requests = self.requests.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let result = response.await;
+            let code = match &result {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".to_string(),
+            };
+            requests.get_or_create(&RequestLabels { verb, code }).inc();
+            result
+        })
+    }
+}
+
 /// A client for `config`, over HTTP/2 where the server offers it, that retries as
 /// [`SafeRetry`] says.
 pub fn build(config: Config) -> Result<Client, kube::Error> {
-    stack(config, true)
+    stack(config, true, None)
 }
 
-/// The same without any retry: for the leader Lease, whose every request must end within
-/// the renew deadline (client-go's leader election makes no retries of its own either).
-pub fn build_without_retries(config: Config) -> Result<Client, kube::Error> {
-    stack(config, false)
+/// The same, counting its requests in `metrics`: the operator's client.
+pub fn build_counted(config: Config, metrics: &Metrics) -> Result<Client, kube::Error> {
+    stack(config, true, Some(CountRequests::new(metrics)))
 }
 
-fn stack(mut config: Config, retry: bool) -> Result<Client, kube::Error> {
+/// Without any retry, counting its requests in `metrics`: for the leader Lease, whose
+/// every request must end within the renew deadline (client-go's leader election makes
+/// no retries of its own either).
+pub fn build_without_retries(config: Config, metrics: &Metrics) -> Result<Client, kube::Error> {
+    stack(config, false, Some(CountRequests::new(metrics)))
+}
+
+fn stack(
+    mut config: Config,
+    retry: bool,
+    count: Option<CountRequests>,
+) -> Result<Client, kube::Error> {
     if config.proxy_url.is_some() || config.tls_server_name.is_some() {
         // kube's own client (HTTP/1.1), without kube's retry layer, which would send a
         // POST again.
         config.default_retry = false;
-        return Client::try_from(config);
+        let builder = kube::client::ClientBuilder::try_from(config)?;
+        return Ok(match count {
+            Some(count) => builder.with_layer(&count).build(),
+            None => builder.build(),
+        });
     }
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -133,6 +227,8 @@ fn stack(mut config: Config, retry: bool) -> Result<Client, kube::Error> {
         .option_layer(
             (retry && config.default_retry).then(|| RetryLayer::new(SafeRetry::default())),
         )
+        // Inside the retry layer: every attempt is counted.
+        .option_layer(count)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
@@ -156,6 +252,31 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             after.as_ref(),
         )
+    }
+
+    #[tokio::test]
+    async fn counts_each_answer_by_verb_and_code_and_a_missing_one_as_error() {
+        let metrics = Metrics::default();
+        let mut svc =
+            CountRequests::new(&metrics).layer(tower::service_fn(|req: Request<()>| async move {
+                match *req.method() {
+                    Method::POST => Ok(Response::builder().status(429).body(()).unwrap()),
+                    Method::GET => Ok(Response::new(())),
+                    _ => Err(BoxError::from("connection refused")),
+                }
+            }));
+        let send = |method: Method| Request::builder().method(method).body(()).unwrap();
+        for method in [Method::POST, Method::POST, Method::GET, Method::DELETE] {
+            let _ = svc.call(send(method)).await;
+        }
+        let text = metrics.encode();
+        for line in [
+            r#"crane_operator_api_requests_total{verb="POST",code="429"} 2"#,
+            r#"crane_operator_api_requests_total{verb="GET",code="200"} 1"#,
+            r#"crane_operator_api_requests_total{verb="DELETE",code="error"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -128,12 +128,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
     let kube_config = kube_config(&args).await?;
-    let client = client::build(kube_config.clone()).context("could not set up the API client")?;
+    let metrics = Arc::new(Metrics::default());
+    let client = client::build_counted(kube_config.clone(), &metrics)
+        .context("could not set up the API client")?;
     tokio::select! {
         checked = controller::check_crd_served(&client, args.namespace.as_deref()) => checked?,
         () = stopped(stop_rx.clone()) => return Ok(()),
     }
-    let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
 
     let server = tokio::spawn(metrics::serve(
@@ -169,7 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "default".into());
         // A standby serves nothing but is ready to: it must not hold up a rollout.
         health.set_standby(true);
-        let lease_client = client::build_without_retries(kube_config)
+        let lease_client = client::build_without_retries(kube_config, &metrics)
             .context("could not set up the Lease client")?;
         let timings = Timings {
             lease_duration: args.leader_elect_lease_duration,

@@ -1,5 +1,7 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
+mod process;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,21 +45,59 @@ pub const ERROR_REASONS: [&str; 9] = [
     "ServiceConflict",
 ];
 
-/// The operator's metrics, named `crane_operator_*`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+/// One API request, as client-go's `rest_client_requests_total` counts them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The HTTP method: `GET`, `POST`, `PATCH`, `PUT`, `DELETE` (`OTHER` for the rest).
+    pub verb: &'static str,
+    /// The HTTP status code, or `error` when no response came (connection, TLS, timeout).
+    pub code: String,
+}
+
+/// The verbs the operator uses, each with a series from the start.
+pub const REQUEST_VERBS: [&str; 5] = ["GET", "POST", "PATCH", "PUT", "DELETE"];
+/// The codes that alerts and dashboards look for, each with a series from the start
+/// (throttling, server errors, no answer at all).
+pub const REQUEST_CODES_SEEDED: [&str; 5] = ["429", "500", "503", "504", "error"];
+
+/// One CraneReplicaSet.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The operator's metrics, named `crane_operator_*`, and the standard `process_*` ones.
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// Requeues after failed passes (controller-runtime's `workqueue_retries_total`).
+    pub reconcile_retries: Counter,
+    /// Reconcile passes running now (controller-runtime's `active_workers`).
+    pub active_workers: Gauge,
     pub pods_created: Counter,
     pub pods_deleted: Counter,
     pub expectations_unsatisfied: Gauge,
     pub leader: Gauge,
+    pub api_requests: Family<RequestLabels, Counter>,
+    /// `spec.replicas` of each CraneReplicaSet, as of its last pass.
+    pub replicas_desired: Family<ObjectLabels, Gauge>,
+    /// `status.readyReplicas` of each CraneReplicaSet, as of its last pass.
+    pub replicas_ready: Family<ObjectLabels, Gauge>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("crane_operator");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("crane_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register(
             "reconcile",
@@ -99,25 +139,116 @@ impl Default for Metrics {
             "1 while this process holds the leader lease (or runs without election)",
             leader.clone(),
         );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the operator's version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let reconcile_retries = Counter::default();
+        registry.register(
+            "reconcile_retries",
+            "Reconciles requeued after a failed pass",
+            reconcile_retries.clone(),
+        );
+        let active_workers = Gauge::default();
+        registry.register(
+            "active_workers",
+            "Reconcile passes running now",
+            active_workers.clone(),
+        );
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the API server by verb and status code (each retry counts)",
+            api_requests.clone(),
+        );
+        for verb in REQUEST_VERBS {
+            for code in REQUEST_CODES_SEEDED {
+                let code = code.to_string();
+                let _ = api_requests.get_or_create(&RequestLabels { verb, code });
+            }
+        }
+        let replicas_desired = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "replicas_desired",
+            "spec.replicas of each CraneReplicaSet",
+            replicas_desired.clone(),
+        );
+        let replicas_ready = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "replicas_ready",
+            "Ready pods of each CraneReplicaSet, as its status says",
+            replicas_ready.clone(),
+        );
         Self {
-            registry,
+            registry: root,
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            reconcile_retries,
+            active_workers,
             pods_created,
             pods_deleted,
             expectations_unsatisfied,
             leader,
+            api_requests,
+            replicas_desired,
+            replicas_ready,
         }
     }
 }
 
 impl Metrics {
+    /// Records what the last pass over `namespace/name` computed.
+    pub fn set_replicas(&self, namespace: &str, name: &str, desired: i32, ready: i32) {
+        let labels = ObjectLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.replicas_desired
+            .get_or_create(&labels)
+            .set(desired.into());
+        self.replicas_ready.get_or_create(&labels).set(ready.into());
+    }
+
+    /// Counts a reconcile pass in `active_workers` until the returned guard is dropped: on
+    /// every way out of the pass, one dropped at shutdown included.
+    pub fn working(&self) -> Working<'_> {
+        self.active_workers.inc();
+        Working(&self.active_workers)
+    }
+
+    /// Drops the series of a CraneReplicaSet that is gone.
+    pub fn forget_replicas(&self, namespace: &str, name: &str) {
+        let labels = ObjectLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.replicas_desired.remove(&labels);
+        self.replicas_ready.remove(&labels);
+    }
+
+    /// The text exposition (OpenMetrics) of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A reconcile pass in progress (see [`Metrics::working`]).
+pub struct Working<'a>(&'a Gauge);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -290,6 +421,67 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn build_info_workers_retries_and_api_requests_exist_from_the_start() {
+        let text = Metrics::default().encode();
+        let build = format!(
+            "crane_operator_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        for name in [
+            build.as_str(),
+            "crane_operator_active_workers 0",
+            "crane_operator_reconcile_retries_total 0",
+            "crane_operator_api_requests_total{verb=\"POST\",code=\"429\"} 0",
+            "crane_operator_api_requests_total{verb=\"GET\",code=\"error\"} 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_pass_counts_as_an_active_worker_until_it_ends() {
+        let m = Metrics::default();
+        let first = m.working();
+        let second = m.working();
+        assert_eq!(m.active_workers.get(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(m.active_workers.get(), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_unprefixed() {
+        let text = Metrics::default().encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_start_time_seconds ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn per_object_gauges_are_set_and_removed_with_the_object() {
+        let m = Metrics::default();
+        m.set_replicas("default", "web", 3, 2);
+        let text = m.encode();
+        for name in [
+            "crane_operator_replicas_desired{namespace=\"default\",name=\"web\"} 3",
+            "crane_operator_replicas_ready{namespace=\"default\",name=\"web\"} 2",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        m.forget_replicas("default", "web");
+        assert!(!m.encode().contains("name=\"web\""));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The committed CRD copies are exactly what `crane-operator crd` prints (`make crd`
-//! regenerates them).
+//! regenerates them), and the chart's dashboard and alerts query metrics that exist.
 
 use std::path::Path;
 
@@ -13,5 +13,95 @@ fn committed_crds_match_the_rust_types() {
             have == want,
             "{file} is out of date with the Rust types: run `make crd`"
         );
+    }
+}
+
+/// Every metric the shipped dashboard and alerts query is one the operator exports: a
+/// renamed metric must not leave an empty panel or an alert that can never fire.
+mod chart_queries {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    fn read(file: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file}: {e}"))
+    }
+
+    /// The sample names of the operator's exposition, with one CraneReplicaSet known so
+    /// that the per-object families have a series too.
+    fn exported() -> BTreeSet<String> {
+        let m = crane_operator::metrics::Metrics::default();
+        m.set_replicas("default", "web", 1, 1);
+        m.encode()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The operator's metric names in a PromQL expression (histogram series such as
+    /// `_bucket` are sample names of their own in the exposition).
+    fn metric_names(expr: &str) -> Vec<String> {
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.starts_with("crane_operator_") || w.starts_with("process_"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn assert_all_exported(file: &str, exprs: &[String]) {
+        assert!(!exprs.is_empty(), "{file}: no expressions found");
+        let have = exported();
+        for expr in exprs {
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{file}: no operator metric in `{expr}`");
+            for name in names {
+                assert!(
+                    have.contains(&name),
+                    "{file}: `{expr}` queries {name}, which the operator does not export"
+                );
+            }
+        }
+    }
+
+    fn dashboard_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    out.push(expr.clone());
+                }
+                map.values().for_each(|v| dashboard_exprs(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_dashboard_parses_and_queries_only_exported_metrics() {
+        let file = "charts/crane-operator/files/dashboard.json";
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(dashboard["uid"], "crane-operator");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.iter().all(|p| p["targets"].is_array()));
+        let mut exprs = Vec::new();
+        dashboard_exprs(&dashboard, &mut exprs);
+        assert_all_exported(file, &exprs);
+    }
+
+    #[test]
+    fn the_alerts_query_only_exported_metrics() {
+        let file = "charts/crane-operator/files/alerts.yaml";
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let exprs: Vec<String> = rules["groups"]
+            .as_sequence()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+            .map(|r| r["expr"].as_str().expect("expr").to_string())
+            .collect();
+        assert_all_exported(file, &exprs);
     }
 }

@@ -152,8 +152,10 @@ fn api_status(err: &kube::Error) -> Option<u16> {
 }
 
 impl Context {
-    /// Drops what is kept per CraneReplicaSet, once it is gone.
-    fn forget(&self, key: &str) {
+    /// Drops what is kept per CraneReplicaSet, once it is gone, its metrics included.
+    fn forget(&self, namespace: &str, name: &str) {
+        let key = &format!("{namespace}/{name}");
+        self.metrics.forget_replicas(namespace, name);
         self.expectations.forget(key);
         self.failures
             .lock()
@@ -396,7 +398,7 @@ pub async fn run(
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                     debug!(object = %obj, "gone");
                     let ns = obj.namespace.as_deref().unwrap_or_default();
-                    state.forget(&format!("{ns}/{}", obj.name));
+                    state.forget(ns, &obj.name);
                 }
                 // The CraneReplicaSet watch failed (it retries): a missing CRD or a lost
                 // RBAC grant must show in /healthz, not leave the process idle and healthy.

@@ -9,6 +9,7 @@ use crate::diagnostics::{self, IssueNews};
 /// One reconcile pass over one CraneReplicaSet.
 pub async fn reconcile(crs: Arc<CraneReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let _working = ctx.metrics.working();
     let result = reconcile_inner(&crs, &ctx).await;
     ctx.metrics
         .reconcile_duration
@@ -122,6 +123,12 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         now: Timestamp::now(),
     };
     let (new_status, recheck) = status::compute(crs, &selector, observed);
+    ctx.metrics.set_replicas(
+        &ns,
+        &crs.name_any(),
+        crs.spec.replicas,
+        new_status.ready_replicas,
+    );
     announce_pod_issues(crs, ctx, &new_status).await;
     // Written whenever it changed, creations and deletions in flight or not, as the
     // ReplicaSet controller does: the status says what the cache shows now.
@@ -225,6 +232,7 @@ pub(super) async fn announce_pod_issues(
 
 /// Per-object exponential backoff; one failing CraneReplicaSet never delays the others.
 pub fn error_policy(crs: Arc<CraneReplicaSet>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_retries.inc();
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
@@ -280,6 +288,22 @@ pub(super) mod tests {
             &candidates,
             settled,
         )
+    }
+
+    #[tokio::test]
+    async fn a_failed_pass_counts_a_retry_and_a_forgotten_object_loses_its_gauges() {
+        let (ctx, _api) = scripted_context();
+        let ctx = Arc::new(ctx);
+        let err = Error::Selector {
+            object: "default/crane".into(),
+            message: "bad".into(),
+        };
+        error_policy(Arc::new(crane(1)), &err, ctx.clone());
+        assert_eq!(ctx.metrics.reconcile_retries.get(), 1);
+        ctx.metrics.set_replicas("default", "crane", 1, 0);
+        ctx.forget("default", "crane");
+        let text = ctx.metrics.encode();
+        assert!(!text.contains(r#"name="crane""#), "{text}");
     }
 
     #[test]

@@ -116,6 +116,38 @@ servicemonitor_rendered() {
   fi
 }
 
+prometheusrule_rendered() {
+  helm template "$release" "$chart" --namespace "$ns" --set prometheusRule.enabled=true --set prometheusRule.labels.release=kube-prometheus \
+    --api-versions monitoring.coreos.com/v1/PrometheusRule --show-only templates/prometheusrule.yaml >"$work/pr" 2>&1 ||
+    { why=$(first 3 "$work/pr"); return 1; }
+  grep -q '^kind: PrometheusRule' "$work/pr" || { why="no PrometheusRule rendered"; return 1; }
+  grep -q '^    release: kube-prometheus' "$work/pr" || { why="prometheusRule.labels not rendered"; return 1; }
+  local want have
+  want=$(grep -c -- '- alert:' "$chart/files/alerts.yaml")
+  have=$(grep -c -- '- alert:' "$work/pr")
+  [ "$want" = "$have" ] || { why="$have alerts rendered, files/alerts.yaml has $want"; return 1; }
+  note="$have alerts"
+  if helm template "$release" "$chart" --namespace "$ns" --set prometheusRule.enabled=true | grep -q '^kind: PrometheusRule'; then
+    why="a PrometheusRule is rendered although the cluster does not serve monitoring.coreos.com/v1"
+    return 1
+  fi
+}
+
+dashboard_rendered() {
+  helm template "$release" "$chart" --namespace "$ns" --set dashboards.enabled=true \
+    --show-only templates/dashboard.yaml >"$work/dash" 2>&1 || { why=$(first 3 "$work/dash"); return 1; }
+  grep -q '^    grafana_dashboard: "1"' "$work/dash" || { why="no grafana_dashboard label: $(first 12 "$work/dash")"; return 1; }
+  # The ConfigMap's data (the block scalar, its last key) is the dashboard, unchanged.
+  sed -n '/^  crane-operator.json: |-$/,$p' "$work/dash" | tail -n +2 | sed 's/^    //' >"$work/dash.json"
+  python3 -c 'import json, sys; assert json.load(open(sys.argv[1])) == json.load(open(sys.argv[2]))' \
+    "$work/dash.json" "$chart/files/dashboard.json" 2>"$work/err" ||
+    { why="the ConfigMap does not hold files/dashboard.json: $(tail -n 1 "$work/err")"; return 1; }
+  if helm template "$release" "$chart" --namespace "$ns" | grep -q 'grafana_dashboard'; then
+    why="a dashboard ConfigMap is rendered with dashboards.enabled=false"
+    return 1
+  fi
+}
+
 # --- checks on the cluster ---------------------------------------------------------------
 
 reachable() {
@@ -266,7 +298,12 @@ check "helm lint --strict: leaderElection.enabled=false" lint --set leaderElecti
 check "helm lint --strict: rbac.create=false, serviceAccount.create=false" lint --set rbac.create=false --set serviceAccount.create=false
 check "helm lint --strict: serviceMonitor.enabled=true" lint --set serviceMonitor.enabled=true
 check "helm lint --strict: replicaCount=2, crds.enabled=false, logFormat=text" lint --set replicaCount=2 --set crds.enabled=false --set logFormat=text
+check "helm lint --strict: dashboards.enabled=true, prometheusRule.enabled=true" lint --set dashboards.enabled=true --set prometheusRule.enabled=true
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
+check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
+check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
+check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
+check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
 check "schema refuses logFormat=xml" refused "logFormat" --set logFormat=xml
 check "schema refuses an unknown value (replicas=3)" refused "additional ?propert.*replicas|replicas.*not allowed" --set replicas=3
