@@ -47,16 +47,6 @@ source "$root/tests/cluster/checks.sh"
 # first N FILE: the first N lines of FILE on one line, for $why.
 first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
 
-# poll SECONDS COMMAND...: retry COMMAND until it succeeds or time runs out.
-poll() {
-  local end=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    [ "$SECONDS" -lt "$end" ] || return 1
-    sleep 0.5
-  done
-}
-
 released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
 # Never deletes the CRD: helm uninstall keeps it (helm.sh/resource-policy: keep).
 cleanup() {
