@@ -43,6 +43,10 @@ until_true() {
   done
 }
 
+crd_established() {
+  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+}
+
 # The app's image on the node: imported from the archive of make image (built first when
 # missing). Only on the local cluster; another cluster must be able to pull it itself.
 if [ -n "$local_cluster" ]; then
@@ -63,7 +67,9 @@ else
   log "no operator on 127.0.0.1:8080: starting one (log: .cluster/demo-operator.log)"
   cargo build --release --locked --quiet
   target/release/crane-operator crd | kubectl apply --server-side --force-conflicts -f - >/dev/null
-  kubectl wait --for condition=established --timeout=60s crd/cranereplicasets.crane.dev >/dev/null
+  # Not kubectl wait: on a CRD just created it fails at once ("<nil> ... expected []interface{}")
+  # until the API server has written its first condition.
+  until_true 60 "the CRD cranereplicasets.crane.dev to be Established" crd_established
   target/release/crane-operator run --metrics-addr 127.0.0.1:8080 >.cluster/demo-operator.log 2>&1 &
   operator_pid=$!
   operator_ready() {

@@ -18,7 +18,13 @@ bin=target/release/crane-operator
 
 echo "[run] installing the CraneReplicaSet CRD (server-side apply: the CRD is too large for client-side apply)"
 "$bin" crd | kubectl apply --server-side --force-conflicts -f -
-kubectl wait --for condition=established --timeout=60s crd/cranereplicasets.crane.dev >/dev/null
+# Not kubectl wait: on a CRD just created it fails at once ("<nil> ... expected []interface{}")
+# until the API server has written its first condition.
+established() {
+  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+}
+for _ in $(seq 1 120); do established && break; sleep 0.5; done
+established || { echo "[run] the CRD cranereplicasets.crane.dev is not Established after 60 s" >&2; exit 1; }
 
 echo "[run] starting the operator; in another shell: export KUBECONFIG=$KUBECONFIG; make demo"
 exec "$bin" run --metrics-addr "${CRANE_METRICS_ADDR:-127.0.0.1:8080}" "$@"
