@@ -44,7 +44,7 @@ until_true() {
 }
 
 crd_established() {
-  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]
 }
 
 # The app's image on the node: imported from the archive of make image (built first when

@@ -21,7 +21,7 @@ echo "[run] installing the CraneReplicaSet CRD (server-side apply: the CRD is to
 # Not kubectl wait: on a CRD just created it fails at once ("<nil> ... expected []interface{}")
 # until the API server has written its first condition.
 established() {
-  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+  [ "$(kubectl get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]
 }
 for _ in $(seq 1 120); do established && break; sleep 0.5; done
 established || { echo "[run] the CRD cranereplicasets.crane.dev is not Established after 60 s" >&2; exit 1; }
