@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit chart e2e chaos crd bench bench-smoke build image
+.PHONY: help cluster cluster-down run demo test lint unit chart incluster e2e chaos crd bench bench-smoke build image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ lint: ## rustfmt, clippy, shellcheck and promtool check rules (promtool built fr
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
-	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/kind/*.sh .ci/run
+	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh .ci/run
 	promtool=$$(tests/cluster/build.sh promtool | sed -n 's/^PROMTOOL_BIN=//p') && \
 	  "$$promtool/promtool" check rules charts/crane-operator/files/alerts.yaml
 
@@ -44,6 +44,10 @@ unit: ## Unit, property and generated-file tests, and the app's (no cluster)
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
 	tests/chart/test.sh
+
+# After image: the chart installed with the images of make image, on the real node.
+incluster: cluster image ## The operator in-cluster from its image on crane-node-0: helm install/upgrade/test, leader hand-over, real traffic
+	tests/incluster/test.sh
 
 e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
 	tests/cluster/smoke.sh
@@ -57,7 +61,7 @@ e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
 chaos: cluster ## Chaos tests: operator SIGKILLs, API server and etcd restarts, tampering, 100 CRs (seeded)
 	source tests/cluster/env.sh && $(CARGO) test --locked --test chaos -- --test-threads 1 --nocapture
 
-test: lint unit chart e2e chaos bench-smoke ## Everything CI runs
+test: lint unit chart incluster e2e chaos bench-smoke ## Everything CI runs
 
 # make bench runs the local cluster with 100 nodes (room for 10,000 pods) and without the
 # client-side rate limits of kube-controller-manager and kube-scheduler (crane-operator has

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod planner;
 pub mod pod_cache;
 pub mod pods;
+pub mod probe;
 pub mod recorder;
 pub mod service;
 pub mod status;

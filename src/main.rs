@@ -10,6 +10,7 @@ use crane_operator::client;
 use crane_operator::controller::{self, Config};
 use crane_operator::leader::{Elector, Timings};
 use crane_operator::metrics::{self, Health, Metrics};
+use crane_operator::probe;
 use crane_operator::telemetry::{self, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -34,6 +35,17 @@ enum Command {
     Run(RunArgs),
     /// Print the CraneReplicaSet CRD as YAML.
     Crd,
+    /// GET an http:// URL until it answers 2xx (the chart's `helm test`, from this image).
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The URL, e.g. http://crane-operator-metrics:8080/readyz.
+    url: http::Uri,
+    /// Seconds to keep trying before failing.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", crane_operator::api::crd_yaml());
+            Ok(())
+        }
+        Command::Probe(args) => {
+            let body = probe::probe(&args.url, Duration::from_secs(args.timeout)).await?;
+            print!("{body}");
             Ok(())
         }
         Command::Run(args) => run(args).await,
@@ -219,7 +236,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = release_tx.send(true);
         // Releasing the lease needs the API server; without it the lease expires by itself.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     server
         .await

@@ -14,10 +14,10 @@
 # restricted Pod Security Standard, so the operator's pods must pass it. A leftover of an
 # earlier run is removed first. The CRD is never deleted: the e2e tests use it.
 #
-# `helm test` is not run here: under kwok no container runs, and only Job pods ever reach
-# phase Succeeded (tests/cluster/kwok.yaml), so the test pod would stay Running until the
-# timeout. The check below only proves the hook is part of the release; tests/kind/e2e.sh
-# runs `helm test` for real.
+# `helm test` runs for real in tests/incluster/test.sh (make incluster), where the operator
+# runs from its image on the real node. Here the release's pods are on kwok's simulated
+# nodes, where no container runs, so the check below only proves the hook is part of the
+# release.
 #
 # Ends with the line "N passed, M failed"; exits non-zero when anything failed.
 # Environment: CRANE_CHART_TIMEOUT  seconds for each helm --wait (default 120)
@@ -48,16 +48,6 @@ CHECK_WIDTH=66
 source "$root/tests/cluster/checks.sh"
 # first N FILE: the first N lines of FILE on one line, for $why.
 first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
-
-# poll SECONDS COMMAND...: retry COMMAND until it succeeds or time runs out.
-poll() {
-  local end=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    [ "$SECONDS" -lt "$end" ] || return 1
-    sleep 0.5
-  done
-}
 
 released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
 # Never deletes the CRD: helm uninstall keeps it (helm.sh/resource-policy: keep).
@@ -230,7 +220,7 @@ test_hook_registered() {
   helm get hooks "$release" --namespace "$ns" >"$work/hooks" 2>&1 || { why=$(first 3 "$work/hooks"); return 1; }
   { grep -q "name: $release-crane-operator-test-readyz" "$work/hooks" && grep -q 'helm.sh/hook: test' "$work/hooks"; } ||
     { why="no test hook pod in: $(first 8 "$work/hooks")"; return 1; }
-  note="helm test itself cannot pass under kwok: see the header"
+  note="helm test itself runs in make incluster"
 }
 
 upgrade() {

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by tests/cluster/smoke.sh and tests/chart/test.sh: named checks with their time,
-# and the "N passed, M failed" summary. CHECK_WIDTH: the width of the name column.
+# Sourced by tests/cluster/smoke.sh, tests/chart/test.sh and tests/incluster/test.sh: named
+# checks with their time, the "N passed, M failed" summary, and poll. CHECK_WIDTH: the width
+# of the name column.
 
 passed=0
 failures=()
@@ -33,4 +34,16 @@ summary() {
     printf '  failed: %s\n' "${failures[@]}"
     exit 1
   fi
+}
+
+# poll [SECONDS] COMMAND...: retry COMMAND until it succeeds or SECONDS (default: $timeout,
+# else 60) have passed.
+poll() {
+  local secs=${timeout:-60}
+  case $1 in [0-9]*) secs=$1 && shift ;; esac
+  local end=$((SECONDS + secs))
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.25
+  done
 }

@@ -26,17 +26,6 @@ k() { kubectl --request-timeout=10s "$@"; }
 # shellcheck source=SCRIPTDIR/checks.sh
 source "$here/checks.sh"
 
-# poll [SECONDS] COMMAND...: retry COMMAND until it succeeds or time runs out.
-poll() {
-  local secs=$timeout
-  case $1 in [0-9]*) secs=$1 && shift ;; esac
-  local end=$((SECONDS + secs))
-  until "$@"; do
-    [ "$SECONDS" -lt "$end" ] || return 1
-    sleep 0.25
-  done
-}
-
 cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 
 # kwok_placement INDENT: what the checks of kwok's stages add to a pod spec: tolerate the

@@ -69,6 +69,14 @@ The operator image: the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
+The helm test pod's image: the operator's, unless test.image says otherwise.
+*/}}
+{{- define "crane-operator.testImage" -}}
+{{- $tag := .Values.test.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" (.Values.test.image.repository | default .Values.image.repository) $tag }}
+{{- end }}
+
+{{/*
 Name of the metrics Service (also the target of the helm test pod).
 */}}
 {{- define "crane-operator.metricsServiceName" -}}
