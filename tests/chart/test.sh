@@ -46,10 +46,10 @@ k() { kubectl --request-timeout=30s "$@"; }
 CHECK_WIDTH=66
 # shellcheck source=SCRIPTDIR/../cluster/checks.sh
 source "$root/tests/cluster/checks.sh"
+# shellcheck source=SCRIPTDIR/release.sh
+source "$here/release.sh"
 # first N FILE: the first N lines of FILE on one line, for $why.
-first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
 
-released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
 # Never deletes the CRD: helm uninstall keeps it (helm.sh/resource-policy: keep).
 cleanup() {
   local rc=$?
@@ -146,22 +146,6 @@ reachable() {
   return 1
 }
 
-namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
-fresh_namespace() {
-  if released; then
-    note="uninstalled a leftover release"
-    helm uninstall "$release" --namespace "$ns" --wait --timeout "${timeout}s" >/dev/null 2>"$work/err" ||
-      { why="cannot uninstall the leftover release: $(first 3 "$work/err")"; return 1; }
-  fi
-  if ! namespace_gone; then
-    note="${note:+$note, }deleted a leftover namespace"
-    k delete namespace "$ns" --wait=false >/dev/null
-    poll "$timeout" namespace_gone || { why="namespace $ns is still there after ${timeout} s"; return 1; }
-  fi
-  k create namespace "$ns" >/dev/null || { why="cannot create namespace $ns"; return 1; }
-  # As manifests/operator.yaml and tests/kind/e2e.sh do: the operator's pods must pass it.
-  k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted >/dev/null
-}
 
 # dry_run [--set K=V ...]: the render, applied with --dry-run=server (admission included).
 dry_run() {

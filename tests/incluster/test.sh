@@ -59,9 +59,9 @@ ctr_node() { ctr --address "$socket" --namespace k8s.io "$@"; }
 CHECK_WIDTH=72
 # shellcheck source=SCRIPTDIR/../cluster/checks.sh
 source "$root/tests/cluster/checks.sh"
-first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
+# shellcheck source=SCRIPTDIR/../chart/release.sh
+source "$root/tests/chart/release.sh"
 
-released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
 watcher=""
 upgrading=""
 during=()
@@ -157,29 +157,11 @@ second_tag() {
   note=$(first 1 "$work/out")
 }
 
-namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
-fresh_namespace() {
-  if released; then
-    note="uninstalled a leftover release"
-    helm uninstall "$release" --namespace "$ns" --wait --timeout "${timeout}s" >/dev/null 2>"$work/err" ||
-      { why="cannot uninstall the leftover release: $(first 3 "$work/err")"; return 1; }
-  fi
-  if ! namespace_gone; then
-    note="${note:+$note, }deleted a leftover namespace"
-    k delete namespace "$ns" --wait=false >/dev/null
-    poll "$timeout" namespace_gone || { why="namespace $ns is still there after ${timeout} s"; return 1; }
-  fi
-  k create namespace "$ns" >/dev/null || { why="cannot create namespace $ns"; return 1; }
-  k label namespace "$ns" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted >/dev/null
-}
 
-crd_established() {
-  [ "$(k get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]
-}
 crd_applied() {
   k apply --server-side --field-manager=crane-e2e --force-conflicts -f "$root/manifests/crd.yaml" >"$work/out" 2>&1 ||
     { why=$(first 3 "$work/out"); return 1; }
-  poll 60 crd_established || { why="the CRD is not Established: $(k get crd cranereplicasets.crane.dev -o jsonpath='{.status.conditions}' 2>&1)"; return 1; }
+  "$root/hack/crd-established.sh" 60 >"$work/out" 2>&1 || { why=$(first 3 "$work/out"); return 1; }
 }
 
 install() {
