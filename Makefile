@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo test lint unit chart incluster e2e chaos crd bench bench-smoke build image
+.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-smoke build image
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: ## Run the operator in the foreground (on the local cluster unless KUBECONF
 
 demo: ## The book's walk-through, narrated (uses the operator of make run, or starts one)
 	hack/demo.sh
+
+dashboard: ## The live web view of CraneReplicaSets on http://127.0.0.1:8001 (local cluster unless KUBECONFIG is set)
+	hack/dashboard.sh
 
 crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > manifests/crd.yaml
@@ -49,8 +52,9 @@ chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall 
 incluster: cluster image ## The operator in-cluster from its image on crane-node-0: helm install/upgrade/test, leader hand-over, real traffic
 	tests/incluster/test.sh
 
-e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG)
+e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG), the dashboard's in headless Chromium
 	tests/cluster/smoke.sh
+	@hack/debian-packages.sh "make e2e (the dashboard's browser test)" chromium:chromium chromedriver:chromium-driver
 	@# Namespaces an interrupted earlier run left behind would hold the nodes' pod slots.
 	source tests/cluster/env.sh && kubectl delete namespace -l crane.dev/e2e=true --ignore-not-found --timeout=120s
 	source tests/cluster/env.sh && $(CARGO) test --locked --test e2e -- --test-threads $(E2E_THREADS)

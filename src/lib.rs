@@ -7,6 +7,7 @@
 pub mod api;
 pub mod client;
 pub mod controller;
+pub mod dashboard;
 pub mod deletion_order;
 pub mod diagnostics;
 pub mod expectations;

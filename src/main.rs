@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crane_operator::client;
 use crane_operator::controller::{self, Config};
 use crane_operator::leader::{Elector, Timings};
@@ -37,6 +37,42 @@ enum Command {
     Crd,
     /// GET an http:// URL until it answers 2xx (the chart's `helm test`, from this image).
     Probe(ProbeArgs),
+    /// Serve a live web view of CraneReplicaSets on 127.0.0.1, with your kubeconfig's rights
+    /// (also `kubectl crane dashboard`, installed as the plugin kubectl-crane).
+    Dashboard(DashboardArgs),
+}
+
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Port to serve on.
+    #[arg(long, default_value_t = 8001)]
+    port: u16,
+    /// Address to serve on; anything but loopback lets others act with your rights.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+    /// Show this namespace (default: the kubeconfig context's, else `default`).
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    namespace: Option<String>,
+    /// Show every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Open the page in the browser (xdg-open, or open on macOS).
+    #[arg(long)]
+    open: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Which cluster, as kubectl chooses it.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// configuration, as kubectl).
+    #[arg(long, env = "CRANE_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, env = "CRANE_CONTEXT")]
+    context: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -79,13 +115,8 @@ struct RunArgs {
     /// How often candidates try to take, and the leader to renew, the lease.
     #[arg(long, env = "CRANE_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     leader_elect_retry_period: Duration,
-    /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster
-    /// configuration, as kubectl).
-    #[arg(long, env = "CRANE_KUBECONFIG")]
-    kubeconfig: Option<std::path::PathBuf>,
-    /// The kubeconfig context to use (default: its current context).
-    #[arg(long, env = "CRANE_CONTEXT")]
-    context: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Namespace of the leader lease (default: POD_NAMESPACE, else the watched namespace, else `default`).
     #[arg(long, env = "CRANE_LEADER_ELECT_NAMESPACE")]
     leader_elect_namespace: Option<String>,
@@ -100,7 +131,7 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match parse_command_line().command {
         Command::Crd => {
             print!("{}", crane_operator::api::crd_yaml());
             Ok(())
@@ -111,7 +142,72 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::Dashboard(args) => dashboard(args).await,
     }
+}
+
+async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
+    use crane_operator::dashboard::{self, view::Scope};
+    telemetry::init(LogFormat::Text);
+    let config = kube_config(&args.cluster).await?;
+    let scope = match (args.all_namespaces, args.namespace) {
+        (true, _) => Scope::All,
+        (false, Some(ns)) => Scope::Namespace(ns),
+        (false, None) => Scope::Namespace(config.default_namespace.clone()),
+    };
+    let client = client::build(config).context("could not set up the API client")?;
+    let address = SocketAddr::new(args.address, args.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot serve the dashboard on {address} (is it running already? choose another --port)"))?;
+    let url = match address.ip() {
+        ip if ip.is_unspecified() => format!("http://127.0.0.1:{}/", address.port()),
+        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}/", address.port()),
+        ip => format!("http://{ip}:{}/", address.port()),
+    };
+    let what = match &scope {
+        Scope::All => "all namespaces".to_string(),
+        Scope::Namespace(ns) => format!("namespace {ns}"),
+    };
+    println!("crane-operator dashboard of {what}: {url} (Ctrl-C to stop)");
+    if args.open {
+        open_browser(&url);
+    }
+    let cluster = dashboard::Cluster::start(client, scope);
+    dashboard::serve(listener, cluster, termination())
+        .await
+        .context("serving the dashboard")
+}
+
+/// Opens `url` in the user's browser, or says how to.
+fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let opened = std::process::Command::new(opener)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if opened.is_err() {
+        println!("could not run {opener}: open {url} in your browser");
+    }
+}
+
+/// The command line; as the kubectl plugin `kubectl-crane` (krew's naming), usage and
+/// errors say `kubectl crane`.
+fn parse_command_line() -> Cli {
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut command = Cli::command();
+    if invoked_as.as_deref() == Some("kubectl-crane") {
+        command = command.bin_name("kubectl crane").name("kubectl crane");
+    }
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -144,7 +240,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot serve metrics on {}", args.metrics_addr))?;
-    let kube_config = kube_config(&args).await?;
+    let kube_config = kube_config(&args.cluster).await?;
     let metrics = Arc::new(Metrics::default());
     let client = client::build_counted(kube_config.clone(), &metrics)
         .context("could not set up the API client")?;
@@ -247,7 +343,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// The cluster to talk to: `--kubeconfig`/`--context` when given, else kubectl's rules
 /// (KUBECONFIG, ~/.kube/config, then the in-cluster configuration).
-async fn kube_config(args: &RunArgs) -> anyhow::Result<kube::Config> {
+async fn kube_config(args: &ClusterArgs) -> anyhow::Result<kube::Config> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let options = KubeConfigOptions {
         context: args.context.clone(),
@@ -310,6 +406,37 @@ mod tests {
             Command::Run(args) => Ok(args),
             _ => unreachable!("parsed as run"),
         }
+    }
+
+    fn dashboard_args(args: &[&str]) -> Result<DashboardArgs, clap::Error> {
+        let argv = ["crane-operator", "dashboard"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Dashboard(args) => Ok(args),
+            _ => unreachable!("parsed as dashboard"),
+        }
+    }
+
+    #[test]
+    fn the_dashboard_serves_on_loopback_port_8001_unless_told_otherwise() {
+        let args = dashboard_args(&[]).unwrap();
+        assert_eq!(
+            (args.address.to_string(), args.port),
+            ("127.0.0.1".into(), 8001)
+        );
+        assert!(!args.all_namespaces && args.namespace.is_none() && !args.open);
+        let args = dashboard_args(&["-A", "--port", "9000", "--open"]).unwrap();
+        assert!(args.all_namespaces && args.open && args.port == 9000);
+        assert_eq!(
+            dashboard_args(&["-n", "demo"])
+                .unwrap()
+                .namespace
+                .as_deref(),
+            Some("demo")
+        );
+        let both = dashboard_args(&["-n", "demo", "--all-namespaces"])
+            .err()
+            .unwrap();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

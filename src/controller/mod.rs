@@ -7,8 +7,10 @@ mod reconcile;
 mod service;
 mod watch;
 
+pub use watch::watch_backoff;
+
 pub use reconcile::{error_policy, reconcile};
-use watch::{on_pod_event, owner_of, retry_failed_now, watch_backoff, watch_health};
+use watch::{on_pod_event, owner_of, retry_failed_now, watch_health};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -140,7 +140,7 @@ pub(super) fn retry_failed_now(
 /// Retry delays of a failed watch: client-go's reflector doubles from 0.8 s up to 30 s,
 /// which after a brief API server restart leaves the operator blind for up to half a
 /// minute; one operator's watches are few, so this stops at 5 s.
-pub(super) fn watch_backoff() -> watcher::ExponentialBackoff {
+pub fn watch_backoff() -> watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(800))
         .with_max_delay(Duration::from_secs(5))

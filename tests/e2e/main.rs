@@ -2,6 +2,7 @@
 //! its own namespace and, unless CRANE_E2E_EXTERNAL_OPERATOR=1, its own operator process.
 //! They mirror Kubernetes' own ReplicaSet integration tests.
 mod corpus;
+mod dashboard;
 mod diagnostics;
 mod failures;
 mod harness;

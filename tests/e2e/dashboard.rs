@@ -1,0 +1,405 @@
+//! `crane-operator dashboard` in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, which `make e2e` installs) driven through WebDriver, against the
+//! local cluster. The page must follow the cluster without a reload and act with the
+//! caller's rights. The screenshots it takes (light and dark) go to
+//! target/e2e-screenshots/; the README shows copies of them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How the dashboard is started.
+enum Invocation {
+    Binary,
+    /// `kubectl crane dashboard`: the binary installed as the kubectl plugin `kubectl-crane`.
+    KubectlPlugin,
+}
+
+/// `crane-operator dashboard` for `namespace` with `kubeconfig`; its address.
+async fn dashboard(
+    namespace: &str,
+    kubeconfig: &std::path::Path,
+    how: Invocation,
+) -> (Process, String) {
+    let port = free_port();
+    let log = repo_root().join(format!("target/e2e-logs/dashboard-{namespace}-{port}.log"));
+    let out = std::fs::File::create(&log).expect("create the dashboard log");
+    let binary = env!("CARGO_BIN_EXE_crane-operator");
+    let mut command = match how {
+        Invocation::Binary => Command::new(binary),
+        Invocation::KubectlPlugin => {
+            let plugins = repo_root().join(format!("target/e2e-plugins-{port}"));
+            std::fs::create_dir_all(&plugins).expect("create the plugin directory");
+            std::os::unix::fs::symlink(binary, plugins.join("kubectl-crane"))
+                .expect("install the kubectl-crane plugin");
+            let path = std::env::var("PATH").unwrap_or_default();
+            let mut kubectl = Command::new("kubectl");
+            kubectl
+                .arg("crane")
+                .env("PATH", format!("{}:{path}", plugins.display()));
+            kubectl
+        }
+    };
+    let child = command
+        .args([
+            "dashboard",
+            "--namespace",
+            namespace,
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--kubeconfig".as_ref(), kubeconfig.as_os_str()])
+        .stdout(out.try_clone().expect("clone log handle"))
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start crane-operator dashboard");
+    let process = Process(child);
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("the dashboard to serve", SHORT, || async {
+        http_get(&addr, "/assets/style.css").await
+    })
+    .await;
+    (process, format!("http://{addr}"))
+}
+
+/// Chromium under chromedriver, headless, in a window the size of a laptop's.
+async fn browser() -> (Process, Browser) {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver (Debian's chromium-driver; make e2e installs it)");
+    let driver = Process(child);
+    let profile = std::env::temp_dir().join(format!("crane-dashboard-chromium-{port}"));
+    let capabilities: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,900", format!("--user-data-dir={}", profile.display())]
+        }
+    }))
+    .expect("capabilities");
+    let url = format!("http://127.0.0.1:{port}");
+    let browser = wait_for("chromedriver to start a session", SHORT, || async {
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities.clone())
+            .connect(&url)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    (driver, browser)
+}
+
+/// The text of the first element matching `css`, or why there is none.
+async fn text(browser: &Browser, css: &str) -> Result<String, String> {
+    let element = browser
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css}: {e}"))?;
+    element.text().await.map_err(|e| e.to_string())
+}
+
+async fn text_is(browser: &Browser, css: &str, want: &str) -> Result<(), String> {
+    let seen = text(browser, css).await?;
+    if seen.trim() == want {
+        Ok(())
+    } else {
+        Err(format!("{css} shows {seen:?}"))
+    }
+}
+
+/// Names of the pods the page lists, with the status word it shows for each.
+async fn pods_shown(browser: &Browser) -> Result<Vec<(String, String)>, String> {
+    let rows = browser
+        .find_all(Locator::Css("#pods tbody tr"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut shown = Vec::new();
+    for row in rows {
+        let name = row.attr("data-pod").await.map_err(|e| e.to_string())?;
+        let status = row.attr("data-status").await.map_err(|e| e.to_string())?;
+        shown.push((name.unwrap_or_default(), status.unwrap_or_default()));
+    }
+    Ok(shown)
+}
+
+async fn screenshot(browser: &Browser, name: &str) {
+    let png = browser.screenshot().await.expect("take a screenshot");
+    let dir = repo_root().join("target/e2e-screenshots");
+    std::fs::create_dir_all(&dir).expect("create target/e2e-screenshots");
+    let path: PathBuf = dir.join(name);
+    std::fs::write(&path, png).expect("write the screenshot");
+}
+
+/// Clicks `css`, then the confirmation dialog's Confirm button.
+async fn confirm(browser: &Browser, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    wait_for("the confirmation dialog", SHORT, || async {
+        let ok = browser
+            .find(Locator::Css("dialog#confirm[open] #confirm-ok"))
+            .await
+            .map_err(|e| e.to_string())?;
+        ok.click().await.map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+async fn scale_to(browser: &Browser, replicas: i32) {
+    let input = browser
+        .find(Locator::Css("#replicas"))
+        .await
+        .expect("the replicas field");
+    input.clear().await.expect("clear the replicas field");
+    input
+        .send_keys(&replicas.to_string())
+        .await
+        .expect("type the replicas");
+    confirm(browser, "#scale button[type=submit]").await;
+}
+
+#[tokio::test]
+async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
+    let env = TestEnv::new("dashboard").await;
+    env.create(crane("crane", 2)).await;
+    let mut broken = crane("broken", 1);
+    broken["spec"]["selector"] = json!({"matchLabels": {"app": "broken"}});
+    broken["spec"]["template"]["metadata"]["labels"]["crane.dev/simulate"] =
+        json!("ImagePullBackOff");
+    env.create(broken).await;
+    let before = env.wait_ready("crane", 2, LONG).await;
+
+    let (_dashboard, url) = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let (_driver, browser) = browser().await;
+
+    // --- the overview: counts, and the broken object's reason and hint ----------------
+    browser
+        .goto(&format!("{url}/"))
+        .await
+        .expect("open the overview");
+    wait_for(
+        "the overview to show crane with 2 of 2 ready",
+        LONG,
+        || async {
+            text_is(&browser, "tr[data-name=crane] td.desired", "2").await?;
+            text_is(&browser, "tr[data-name=crane] td.ready", "2").await?;
+            text_is(&browser, "tr[data-name=crane] td.status", "Ready").await
+        },
+    )
+    .await;
+    wait_for(
+        "the overview to show broken's ImagePullBackOff with its hint",
+        LONG,
+        || async {
+            let issue = text(&browser, "tr[data-name=broken] td.issue").await?;
+            if issue.contains("ImagePullBackOff") && issue.contains("cannot pull the image") {
+                Ok(())
+            } else {
+                Err(format!("broken's issue reads {issue:?}"))
+            }
+        },
+    )
+    .await;
+    wait_for("the page to say it is live", SHORT, || {
+        text_is(&browser, "#connection", "live")
+    })
+    .await;
+    screenshot(&browser, "dashboard-overview-light.png").await;
+
+    // --- one object: a pod deleted through the API goes, its replacement comes ----------
+    browser
+        .find(Locator::LinkText("crane"))
+        .await
+        .expect("the link to crane")
+        .click()
+        .await
+        .expect("open crane");
+    let names = |pods: &[Pod]| pods.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+    wait_for("crane's page to list its 2 pods", LONG, || async {
+        let shown = pods_shown(&browser).await?;
+        let shown: Vec<String> = shown.into_iter().map(|(n, _)| n).collect();
+        if shown == names(&before) {
+            Ok(())
+        } else {
+            Err(format!("pods shown: {shown:?}"))
+        }
+    })
+    .await;
+    // A mark on the page: it survives only if the page is not reloaded.
+    browser
+        .execute("window.craneNotReloaded = true;", vec![])
+        .await
+        .expect("mark the page");
+    let victim = before[0].name_any();
+    env.pods()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .expect("delete a pod through the API");
+    wait_for(
+        "the deleted pod to go and a replacement to appear on the page",
+        LONG,
+        || async {
+            let shown = pods_shown(&browser).await?;
+            let live: Vec<&(String, String)> =
+                shown.iter().filter(|(_, s)| s != "Terminating").collect();
+            let replaced = live.len() == 2
+                && !live.iter().any(|(n, _)| *n == victim)
+                && live.iter().any(|(n, _)| !names(&before).contains(n));
+            if replaced {
+                Ok(())
+            } else {
+                Err(format!("pods shown: {shown:?}"))
+            }
+        },
+    )
+    .await;
+    let mark = browser
+        .execute("return window.craneNotReloaded === true;", vec![])
+        .await
+        .expect("read the mark");
+    assert_eq!(
+        mark,
+        json!(true),
+        "the page was reloaded to show the change"
+    );
+
+    // --- scale through the page: spec.replicas changes --------------------------------
+    scale_to(&browser, 3).await;
+    wait_for("spec.replicas to be 3", SHORT, || async {
+        let crs = env.crs().get("crane").await.map_err(|e| e.to_string())?;
+        if crs.spec.replicas == 3 {
+            Ok(())
+        } else {
+            Err(format!("spec.replicas {}", crs.spec.replicas))
+        }
+    })
+    .await;
+    wait_for("the page to show 3 desired and 3 pods", LONG, || async {
+        text_is(&browser, "#desired", "3").await?;
+        let shown = pods_shown(&browser).await?;
+        let live = shown.iter().filter(|(_, s)| s != "Terminating").count();
+        if live == 3 {
+            Ok(())
+        } else {
+            Err(format!("pods shown: {shown:?}"))
+        }
+    })
+    .await;
+    wait_for("the notice to say it scaled", SHORT, || {
+        text_is(&browser, "#notice", "crane scaled to 3")
+    })
+    .await;
+    screenshot(&browser, "dashboard-crane-light.png").await;
+    browser
+        .find(Locator::Css("#theme"))
+        .await
+        .expect("the theme button")
+        .click()
+        .await
+        .expect("switch to dark");
+    wait_for("the dark theme", SHORT, || async {
+        let theme = browser
+            .execute("return document.documentElement.dataset.theme;", vec![])
+            .await
+            .map_err(|e| e.to_string())?;
+        if theme == json!("dark") {
+            Ok(())
+        } else {
+            Err(format!("theme {theme}"))
+        }
+    })
+    .await;
+    screenshot(&browser, "dashboard-crane-dark.png").await;
+
+    // --- a user who may look but not scale: a clear "forbidden" -------------------------
+    let viewer = "dashboard-viewer";
+    env.kubectl(&["create", "serviceaccount", viewer]);
+    env.kubectl(&[
+        "create",
+        "role",
+        viewer,
+        "--verb=get,list,watch",
+        "--resource=cranereplicasets.crane.dev,pods,services,events.events.k8s.io",
+    ]);
+    env.kubectl(&[
+        "create",
+        "rolebinding",
+        viewer,
+        "--role",
+        viewer,
+        "--serviceaccount",
+        &format!("{}:{viewer}", env.ns),
+    ]);
+    let token = env.kubectl(&["create", "token", viewer, "--duration", "1h"]);
+    let kubeconfig = token_kubeconfig(&format!("{}-viewer", env.ns), token.trim());
+    // As kubectl users run it: `kubectl crane dashboard`.
+    let (_viewer_dashboard, viewer_url) =
+        dashboard(&env.ns, &kubeconfig, Invocation::KubectlPlugin).await;
+    browser
+        .goto(&format!("{viewer_url}/crs/{}/crane", env.ns))
+        .await
+        .expect("open crane as the viewer");
+    wait_for("the viewer's page to show crane", LONG, || {
+        text_is(&browser, "#desired", "3")
+    })
+    .await;
+    scale_to(&browser, 1).await;
+    wait_for("a forbidden message", SHORT, || async {
+        let notice = text(&browser, "#notice.failed").await?;
+        if notice.starts_with("Forbidden:")
+            && notice.contains("cannot patch resource \"cranereplicasets/scale\"")
+        {
+            Ok(())
+        } else {
+            Err(format!("the notice reads {notice:?}"))
+        }
+    })
+    .await;
+    let crs = env.crs().get("crane").await.expect("get crane");
+    assert_eq!(
+        crs.spec.replicas, 3,
+        "the forbidden scale changed spec.replicas"
+    );
+    // The page is still whole: the pods are still listed.
+    let pods = env
+        .pods()
+        .list(&ListParams::default().labels("app=crane"))
+        .await
+        .expect("list pods");
+    assert!(!pods.items.is_empty());
+    let shown = pods_shown(&browser).await.expect("the pods table");
+    assert!(
+        !shown.is_empty(),
+        "the page lost its pods after the forbidden action"
+    );
+
+    browser.close().await.expect("close the browser");
+    env.cleanup().await;
+}
