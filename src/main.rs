@@ -170,6 +170,11 @@ async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         Scope::Namespace(ns) => format!("namespace {ns}"),
     };
     println!("crane-operator dashboard of {what}: {url} (Ctrl-C to stop)");
+    if !address.ip().is_loopback() {
+        println!(
+            "warning: serving on {address}: whoever reaches it acts on the cluster with your kubeconfig's rights"
+        );
+    }
     if args.open {
         open_browser(&url);
     }
