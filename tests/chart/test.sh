@@ -94,6 +94,21 @@ compare() {
   fi
 }
 
+# render [--set K=V ...]: helm template of the release, into $work/render.yaml.
+render() {
+  helm template "$release" "$chart" --namespace "$ns" "$@" >"$work/render.yaml" 2>"$work/err" ||
+    { why=$(first 3 "$work/err"); return 1; }
+}
+
+# renders KIND PATH JSON [--set K=V ...]: the render with these values has one KIND, whose
+# value at PATH (dots, [N] for list items) equals JSON (tests/chart/compare.py value).
+renders() {
+  local kind=$1 path=$2 want=$3
+  shift 3
+  render "$@" || return 1
+  compare value "$work/render.yaml" "$kind" "$path" "$want"
+}
+
 servicemonitor_rendered() {
   helm template "$release" "$chart" --namespace "$ns" --set serviceMonitor.enabled=true \
     --api-versions monitoring.coreos.com/v1/ServiceMonitor --show-only templates/servicemonitor.yaml >"$work/sm" 2>&1 ||
@@ -149,8 +164,7 @@ reachable() {
 
 # dry_run [--set K=V ...]: the render, applied with --dry-run=server (admission included).
 dry_run() {
-  helm template "$release" "$chart" --namespace "$ns" "$@" >"$work/render.yaml" 2>"$work/err" ||
-    { why=$(first 3 "$work/err"); return 1; }
+  render "$@" || return 1
   k apply --server-side --dry-run=server -f "$work/render.yaml" >"$work/out" 2>&1 ||
     { why=$(first 6 "$work/out"); return 1; }
   # PSA warnings (restricted) are not failures of kubectl apply: make them failures.
@@ -276,6 +290,11 @@ check "helm lint --strict: dashboards.enabled=true, prometheusRule.enabled=true"
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
 check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
 check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
+digest=sha256:$(printf '%064d' 1)
+check "helm lint --strict: image.digest" lint --set image.digest="$digest"
+check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
+check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
+check "schema refuses image.digest=latest" refused "image/digest.*(pattern|match)" --set image.digest=latest
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
