@@ -295,6 +295,23 @@ check "helm lint --strict: image.digest" lint --set image.digest="$digest"
 check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "schema refuses image.digest=latest" refused "image/digest.*(pattern|match)" --set image.digest=latest
+zone_spread='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway"}'
+zone_spread_own='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"'"$release"'"}}}'
+check "helm lint --strict: strategy, revisionHistoryLimit, priorityClassName, topologySpreadConstraints" lint \
+  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxUnavailable=0 --set strategy.rollingUpdate.maxSurge=1 \
+  --set revisionHistoryLimit=3 --set priorityClassName=system-cluster-critical --set-json "topologySpreadConstraints=[$zone_spread]"
+check "strategy: passed to the Deployment" renders Deployment spec.strategy '{"type":"Recreate"}' --set strategy.type=Recreate
+check "revisionHistoryLimit: on the Deployment" renders Deployment spec.revisionHistoryLimit 3 --set revisionHistoryLimit=3
+check "priorityClassName: on the pods" renders Deployment spec.template.spec.priorityClassName '"system-cluster-critical"' --set priorityClassName=system-cluster-critical
+check "topologySpreadConstraints: on the pods, labelSelector defaulted" renders Deployment 'spec.template.spec.topologySpreadConstraints[0].labelSelector' \
+  '{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}' --set-json "topologySpreadConstraints=[$zone_spread]"
+check "topologySpreadConstraints: a labelSelector given is kept" renders Deployment spec.template.spec.topologySpreadConstraints \
+  "[$zone_spread_own]" --set-json "topologySpreadConstraints=[$zone_spread_own]"
+check "schema refuses strategy.type=Blue" refused "strategy/type.*must be one of" --set strategy.type=Blue
+check "schema refuses revisionHistoryLimit=-1" refused "revisionHistoryLimit.*(minimum|>=)" --set revisionHistoryLimit=-1
+check "schema refuses priorityClassName=Not_A_Name" refused "priorityClassName.*pattern" --set priorityClassName=Not_A_Name
+check "schema refuses a topologySpreadConstraint without topologyKey" refused "topologySpreadConstraints/0.*topologyKey" \
+  --set-json 'topologySpreadConstraints=[{"maxSkew":1,"whenUnsatisfiable":"DoNotSchedule"}]'
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
