@@ -312,6 +312,20 @@ check "schema refuses revisionHistoryLimit=-1" refused "revisionHistoryLimit.*(m
 check "schema refuses priorityClassName=Not_A_Name" refused "priorityClassName.*pattern" --set priorityClassName=Not_A_Name
 check "schema refuses a topologySpreadConstraint without topologyKey" refused "topologySpreadConstraints/0.*topologyKey" \
   --set-json 'topologySpreadConstraints=[{"maxSkew":1,"whenUnsatisfiable":"DoNotSchedule"}]'
+volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
+mount='{"name":"scratch","mountPath":"/scratch"}'
+env_var='{"name":"HTTPS_PROXY","value":"http://proxy:3128"}'
+check "helm lint --strict: extraArgs, extraEnv, extraVolumes, extraVolumeMounts" lint --set 'extraArgs[0]=--leader-elect-lease-duration=30s' \
+  --set-json "extraEnv=[$env_var]" --set-json "extraVolumes=[$volume]" --set-json "extraVolumeMounts=[$mount]"
+check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
+  '["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json", "--leader-elect", "--x=1"]' --set 'extraArgs[0]=--x=1'
+check "extraEnv: after the chart's own" renders Deployment 'spec.template.spec.containers[0].env[-1]' "$env_var" --set-json "extraEnv=[$env_var]"
+check "extraVolumes: on the pods" renders Deployment spec.template.spec.volumes "[$volume]" --set-json "extraVolumes=[$volume]"
+check "extraVolumeMounts: on the container" renders Deployment 'spec.template.spec.containers[0].volumeMounts' "[$mount]" --set-json "extraVolumeMounts=[$mount]"
+check "schema refuses extraArgs that are not strings" refused "extraArgs/0.*want string" --set-json 'extraArgs=[1]'
+check "schema refuses an extraEnv item without a name" refused "extraEnv/0.*name" --set-json 'extraEnv=[{"value":"x"}]'
+check "schema refuses an extraVolume with no known source" refused "extraVolumes/0" --set-json 'extraVolumes=[{"name":"x","emptyDirr":{}}]'
+check "schema refuses an extraVolumeMount without mountPath" refused "extraVolumeMounts/0.*mountPath" --set-json 'extraVolumeMounts=[{"name":"x"}]'
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
