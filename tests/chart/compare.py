@@ -17,7 +17,8 @@ crd: the CRD in RENDER equals CRD apart from the labels the chart adds and the
   annotation helm.sh/resource-policy, which must be "keep".
 value: RENDER holds exactly one object of KIND, and its value at PATH (keys joined by
   dots, list items as [N], [-1] the last) equals JSON, e.g.
-  `value render.yaml Deployment 'spec.template.spec.containers[0].args[-1]' '"--x"'`.
+  `value render.yaml Deployment 'spec.template.spec.containers[0].args[-1]' '"--x"'`;
+  JSON `null` also accepts a PATH that is not there.
 
 Prints what differs, path by path; exits 1 when anything does, 2 on a usage error.
 YAML is read with PyYAML when it is installed, else converted to JSON by kubectl.
@@ -187,13 +188,14 @@ def compare_value(render_path, kind, path, want_json):
     objs = [o for o in load(render_path) if o.get("kind") == kind]
     if len(objs) != 1:
         return [f"expected one {kind} in the render, found {len(objs)}"], ""
-    have = objs[0]
+    have, want = objs[0], json.loads(want_json)
     for step in re.findall(r"[^.\[\]]+|\[-?[0-9]+\]", path):
         try:
             have = have[int(step[1:-1])] if step.startswith("[") else have[step]
         except (KeyError, IndexError, TypeError):
+            if want is None:
+                return [], f"{kind} has no {path}"
             return [f"{kind} has no {path} (missing at {step})"], ""
-    want = json.loads(want_json)
     return diff(want, have, f"{kind} {path}", names=("expected", "chart")), f"{kind} {path} = {json.dumps(have)[:60]}"
 
 

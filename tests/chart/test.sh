@@ -326,6 +326,16 @@ check "schema refuses extraArgs that are not strings" refused "extraArgs/0.*want
 check "schema refuses an extraEnv item without a name" refused "extraEnv/0.*name" --set-json 'extraEnv=[{"value":"x"}]'
 check "schema refuses an extraVolume with no known source" refused "extraVolumes/0" --set-json 'extraVolumes=[{"name":"x","emptyDirr":{}}]'
 check "schema refuses an extraVolumeMount without mountPath" refused "extraVolumeMounts/0.*mountPath" --set-json 'extraVolumeMounts=[{"name":"x"}]'
+startup='{"httpGet":{"path":"/healthz","port":"http-metrics"},"periodSeconds":2,"failureThreshold":30}'
+check "helm lint --strict: livenessProbe, readinessProbe, startupProbe" lint --set livenessProbe.periodSeconds=20 \
+  --set readinessProbe.timeoutSeconds=2 --set-json "startupProbe=$startup"
+check "livenessProbe: overrides merge into the default" renders Deployment 'spec.template.spec.containers[0].livenessProbe' \
+  '{"httpGet":{"path":"/healthz","port":"http-metrics"},"initialDelaySeconds":5,"periodSeconds":20,"failureThreshold":3}' --set livenessProbe.periodSeconds=20
+check "readinessProbe: null leaves it out" renders Deployment 'spec.template.spec.containers[0].readinessProbe' null --set readinessProbe=null
+check "startupProbe: on the container" renders Deployment 'spec.template.spec.containers[0].startupProbe' "$startup" --set-json "startupProbe=$startup"
+check "schema refuses an unknown probe field (livenessProbe.initialDelay)" refused "livenessProbe.*initialDelay" --set livenessProbe.initialDelay=3
+check "schema refuses two probe handlers (readinessProbe.tcpSocket)" refused "readinessProbe.*oneOf" --set readinessProbe.tcpSocket.port=8080
+check "schema refuses startupProbe.periodSeconds=0" refused "startupProbe/periodSeconds.*minimum" --set-json "startupProbe=$startup" --set startupProbe.periodSeconds=0
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
