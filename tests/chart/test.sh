@@ -340,6 +340,19 @@ check "helm lint --strict: serviceAccount.automount=false" lint --set serviceAcc
 check "serviceAccount.automount=false: on the ServiceAccount" renders ServiceAccount automountServiceAccountToken false --set serviceAccount.automount=false
 check "serviceAccount.automount=false: the operator pods still mount their token" renders Deployment spec.template.spec.automountServiceAccountToken true --set serviceAccount.automount=false
 check "schema refuses serviceAccount.automount=yes" refused "serviceAccount/automount.*boolean" --set-string serviceAccount.automount=yes
+check "helm lint --strict: podDisruptionBudget.enabled=true, replicaCount=2" lint --set podDisruptionBudget.enabled=true --set replicaCount=2
+check "helm lint --strict: podDisruptionBudget.minAvailable=50%" lint --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=50%
+check "podDisruptionBudget: maxUnavailable 1 by default, selecting the operator pods" renders PodDisruptionBudget spec \
+  '{"maxUnavailable":1,"selector":{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}}' \
+  --set podDisruptionBudget.enabled=true
+check "podDisruptionBudget.minAvailable=0: rendered as 0" renders PodDisruptionBudget spec.minAvailable 0 \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=0
+check "podDisruptionBudget.maxUnavailable=50%: rendered" renders PodDisruptionBudget spec.maxUnavailable '"50%"' \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=50%
+check "chart refuses podDisruptionBudget with minAvailable and maxUnavailable" refused "set minAvailable or maxUnavailable, not both" \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1 --set podDisruptionBudget.maxUnavailable=1
+check "schema refuses podDisruptionBudget.minAvailable=half" refused "podDisruptionBudget/minAvailable" --set podDisruptionBudget.minAvailable=half
+check "schema refuses podDisruptionBudget.enabled=yes" refused "podDisruptionBudget/enabled.*boolean" --set-string podDisruptionBudget.enabled=yes
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
