@@ -314,7 +314,7 @@ check "schema refuses a topologySpreadConstraint without topologyKey" refused "t
   --set-json 'topologySpreadConstraints=[{"maxSkew":1,"whenUnsatisfiable":"DoNotSchedule"}]'
 volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
 mount='{"name":"scratch","mountPath":"/scratch"}'
-env_var='{"name":"HTTPS_PROXY","value":"http://proxy:3128"}'
+env_var='{"name":"RUST_BACKTRACE","value":"1"}'
 check "helm lint --strict: extraArgs, extraEnv, extraVolumes, extraVolumeMounts" lint --set 'extraArgs[0]=--leader-elect-lease-duration=30s' \
   --set-json "extraEnv=[$env_var]" --set-json "extraVolumes=[$volume]" --set-json "extraVolumeMounts=[$mount]"
 check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
@@ -353,6 +353,34 @@ check "chart refuses podDisruptionBudget with minAvailable and maxUnavailable" r
   --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1 --set podDisruptionBudget.maxUnavailable=1
 check "schema refuses podDisruptionBudget.minAvailable=half" refused "podDisruptionBudget/minAvailable" --set podDisruptionBudget.minAvailable=half
 check "schema refuses podDisruptionBudget.enabled=yes" refused "podDisruptionBudget/enabled.*boolean" --set-string podDisruptionBudget.enabled=yes
+monitoring='{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}'
+proxy='{"ports":[{"port":3128,"protocol":"TCP"}],"to":[{"ipBlock":{"cidr":"10.1.0.0/16"}}]}'
+check "helm lint --strict: networkPolicy.enabled=true" lint --set networkPolicy.enabled=true
+check "helm lint --strict: networkPolicy with cidrs, metrics.from, extraEgress" lint --set networkPolicy.enabled=true \
+  --set-json 'networkPolicy.apiServer.cidrs=["10.0.0.1/32","fd00::1/128"]' --set-json "networkPolicy.metrics.from=[$monitoring]" \
+  --set-json "networkPolicy.extraEgress=[$proxy]"
+check "networkPolicy: selects the operator pods" renders NetworkPolicy spec.podSelector \
+  '{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}' --set networkPolicy.enabled=true
+check "networkPolicy: ingress to the metrics port from anywhere by default" renders NetworkPolicy spec.ingress \
+  '[{"ports":[{"port":8080,"protocol":"TCP"}]}]' --set networkPolicy.enabled=true
+check "networkPolicy: egress to the API server (443, 6443) and DNS by default" renders NetworkPolicy spec.egress \
+  '[{"ports":[{"port":443,"protocol":"TCP"},{"port":6443,"protocol":"TCP"}]},{"ports":[{"port":53,"protocol":"UDP"},{"port":53,"protocol":"TCP"}]}]' \
+  --set networkPolicy.enabled=true
+check "networkPolicy.apiServer: ports and cidrs" renders NetworkPolicy 'spec.egress[0]' \
+  '{"ports":[{"port":16443,"protocol":"TCP"}],"to":[{"ipBlock":{"cidr":"10.0.0.1/32"}}]}' \
+  --set networkPolicy.enabled=true --set-json 'networkPolicy.apiServer.ports=[16443]' --set-json 'networkPolicy.apiServer.cidrs=["10.0.0.1/32"]'
+check "networkPolicy.metrics.from: the peers, and the helm test pod" renders NetworkPolicy 'spec.ingress[0].from' \
+  "[$monitoring,"'{"podSelector":{"matchLabels":{"app.kubernetes.io/instance":"'"$release"'","app.kubernetes.io/component":"helm-test"}}}]' \
+  --set networkPolicy.enabled=true --set-json "networkPolicy.metrics.from=[$monitoring]"
+check "networkPolicy.extraEgress: after the chart's rules" renders NetworkPolicy 'spec.egress[-1]' "$proxy" \
+  --set networkPolicy.enabled=true --set-json "networkPolicy.extraEgress=[$proxy]"
+check "schema refuses networkPolicy.enabled=yes" refused "networkPolicy/enabled.*boolean" --set-string networkPolicy.enabled=yes
+check "schema refuses networkPolicy.apiServer.cidrs=[kubernetes]" refused "networkPolicy/apiServer/cidrs/0.*pattern" --set-json 'networkPolicy.apiServer.cidrs=["kubernetes"]'
+check "schema refuses networkPolicy.apiServer.ports=[]" refused "networkPolicy/apiServer/ports.*minItems" --set-json 'networkPolicy.apiServer.ports=[]'
+check "schema refuses an unknown networkPolicy.metrics.from peer field" refused "networkPolicy/metrics/from/0.*namespace" \
+  --set-json 'networkPolicy.metrics.from=[{"namespace":"monitoring"}]'
+check "schema refuses an extraEgress port with protocol HTTP" refused "networkPolicy/extraEgress/0/ports/0/protocol" \
+  --set-json 'networkPolicy.extraEgress=[{"ports":[{"port":3128,"protocol":"HTTP"}]}]'
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
