@@ -2,14 +2,17 @@
 # Usage: tests/chart/test.sh                                   (make chart; part of make test)
 #
 # Checks of the Helm chart charts/crane-operator and the plain manifests/:
-#   - helm lint --strict with the default values and with variants; values.schema.json and
-#     the chart's own checks refuse bad values with a message;
+#   - helm lint --strict with the default values and with variants (tests/chart/knobs.yaml
+#     sets every availability, placement, container and network knob at once); each knob
+#     renders where it belongs (tests/chart/compare.py value); values.schema.json and the
+#     chart's own checks refuse bad values with a message;
 #   - manifests/ equal the chart's default render (tests/chart/compare.py; objects compared
 #     parsed, apart from the labels only Helm sets), and the chart's CRD equals
 #     manifests/crd.yaml apart from its labels and helm.sh/resource-policy: keep;
-#   - on the cluster (KUBECONFIG, else the local one: make cluster): the render passes
-#     `kubectl apply --server-side --dry-run=server`; helm install --wait, helm upgrade with
-#     changed values, helm uninstall, after which the CRD is still there.
+#   - on the cluster (KUBECONFIG, else the local one: make cluster): the render, also with
+#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`; helm
+#     install --wait, helm upgrade with changed values, helm uninstall, after which the CRD
+#     is still there.
 # The release and its namespace are both "crane-chart-test"; the namespace enforces the
 # restricted Pod Security Standard, so the operator's pods must pass it. A leftover of an
 # earlier run is removed first. The CRD is never deleted: the e2e tests use it.
@@ -287,19 +290,16 @@ check "helm lint --strict: rbac.create=false, serviceAccount.create=false" lint 
 check "helm lint --strict: serviceMonitor.enabled=true" lint --set serviceMonitor.enabled=true
 check "helm lint --strict: replicaCount=2, crds.enabled=false, logFormat=text" lint --set replicaCount=2 --set crds.enabled=false --set logFormat=text
 check "helm lint --strict: dashboards.enabled=true, prometheusRule.enabled=true" lint --set dashboards.enabled=true --set prometheusRule.enabled=true
+check "helm lint --strict: every knob of tests/chart/knobs.yaml" lint -f "$here/knobs.yaml"
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
 check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
 check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
 digest=sha256:$(printf '%064d' 1)
-check "helm lint --strict: image.digest" lint --set image.digest="$digest"
 check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "schema refuses image.digest=latest" refused "image/digest.*(pattern|match)" --set image.digest=latest
 zone_spread='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway"}'
 zone_spread_own='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"'"$release"'"}}}'
-check "helm lint --strict: strategy, revisionHistoryLimit, priorityClassName, topologySpreadConstraints" lint \
-  --set strategy.type=RollingUpdate --set strategy.rollingUpdate.maxUnavailable=0 --set strategy.rollingUpdate.maxSurge=1 \
-  --set revisionHistoryLimit=3 --set priorityClassName=system-cluster-critical --set-json "topologySpreadConstraints=[$zone_spread]"
 check "strategy: passed to the Deployment" renders Deployment spec.strategy '{"type":"Recreate"}' --set strategy.type=Recreate
 check "revisionHistoryLimit: on the Deployment" renders Deployment spec.revisionHistoryLimit 3 --set revisionHistoryLimit=3
 check "priorityClassName: on the pods" renders Deployment spec.template.spec.priorityClassName '"system-cluster-critical"' --set priorityClassName=system-cluster-critical
@@ -315,8 +315,6 @@ check "schema refuses a topologySpreadConstraint without topologyKey" refused "t
 volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
 mount='{"name":"scratch","mountPath":"/scratch"}'
 env_var='{"name":"RUST_BACKTRACE","value":"1"}'
-check "helm lint --strict: extraArgs, extraEnv, extraVolumes, extraVolumeMounts" lint --set 'extraArgs[0]=--leader-elect-lease-duration=30s' \
-  --set-json "extraEnv=[$env_var]" --set-json "extraVolumes=[$volume]" --set-json "extraVolumeMounts=[$mount]"
 check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
   '["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json", "--leader-elect", "--x=1"]' --set 'extraArgs[0]=--x=1'
 check "extraEnv: after the chart's own" renders Deployment 'spec.template.spec.containers[0].env[-1]' "$env_var" --set-json "extraEnv=[$env_var]"
@@ -327,8 +325,6 @@ check "schema refuses an extraEnv item without a name" refused "extraEnv/0.*name
 check "schema refuses an extraVolume with no known source" refused "extraVolumes/0" --set-json 'extraVolumes=[{"name":"x","emptyDirr":{}}]'
 check "schema refuses an extraVolumeMount without mountPath" refused "extraVolumeMounts/0.*mountPath" --set-json 'extraVolumeMounts=[{"name":"x"}]'
 startup='{"httpGet":{"path":"/healthz","port":"http-metrics"},"periodSeconds":2,"failureThreshold":30}'
-check "helm lint --strict: livenessProbe, readinessProbe, startupProbe" lint --set livenessProbe.periodSeconds=20 \
-  --set readinessProbe.timeoutSeconds=2 --set-json "startupProbe=$startup"
 check "livenessProbe: overrides merge into the default" renders Deployment 'spec.template.spec.containers[0].livenessProbe' \
   '{"httpGet":{"path":"/healthz","port":"http-metrics"},"initialDelaySeconds":5,"periodSeconds":20,"failureThreshold":3}' --set livenessProbe.periodSeconds=20
 check "readinessProbe: null leaves it out" renders Deployment 'spec.template.spec.containers[0].readinessProbe' null --set readinessProbe=null
@@ -336,12 +332,9 @@ check "startupProbe: on the container" renders Deployment 'spec.template.spec.co
 check "schema refuses an unknown probe field (livenessProbe.initialDelay)" refused "livenessProbe.*initialDelay" --set livenessProbe.initialDelay=3
 check "schema refuses two probe handlers (readinessProbe.tcpSocket)" refused "readinessProbe.*oneOf" --set readinessProbe.tcpSocket.port=8080
 check "schema refuses startupProbe.periodSeconds=0" refused "startupProbe/periodSeconds.*minimum" --set-json "startupProbe=$startup" --set startupProbe.periodSeconds=0
-check "helm lint --strict: serviceAccount.automount=false" lint --set serviceAccount.automount=false
 check "serviceAccount.automount=false: on the ServiceAccount" renders ServiceAccount automountServiceAccountToken false --set serviceAccount.automount=false
 check "serviceAccount.automount=false: the operator pods still mount their token" renders Deployment spec.template.spec.automountServiceAccountToken true --set serviceAccount.automount=false
 check "schema refuses serviceAccount.automount=yes" refused "serviceAccount/automount.*boolean" --set-string serviceAccount.automount=yes
-check "helm lint --strict: podDisruptionBudget.enabled=true, replicaCount=2" lint --set podDisruptionBudget.enabled=true --set replicaCount=2
-check "helm lint --strict: podDisruptionBudget.minAvailable=50%" lint --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=50%
 check "podDisruptionBudget: maxUnavailable 1 by default, selecting the operator pods" renders PodDisruptionBudget spec \
   '{"maxUnavailable":1,"selector":{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}}' \
   --set podDisruptionBudget.enabled=true
@@ -355,10 +348,6 @@ check "schema refuses podDisruptionBudget.minAvailable=half" refused "podDisrupt
 check "schema refuses podDisruptionBudget.enabled=yes" refused "podDisruptionBudget/enabled.*boolean" --set-string podDisruptionBudget.enabled=yes
 monitoring='{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}'
 proxy='{"ports":[{"port":3128,"protocol":"TCP"}],"to":[{"ipBlock":{"cidr":"10.1.0.0/16"}}]}'
-check "helm lint --strict: networkPolicy.enabled=true" lint --set networkPolicy.enabled=true
-check "helm lint --strict: networkPolicy with cidrs, metrics.from, extraEgress" lint --set networkPolicy.enabled=true \
-  --set-json 'networkPolicy.apiServer.cidrs=["10.0.0.1/32","fd00::1/128"]' --set-json "networkPolicy.metrics.from=[$monitoring]" \
-  --set-json "networkPolicy.extraEgress=[$proxy]"
 check "networkPolicy: selects the operator pods" renders NetworkPolicy spec.podSelector \
   '{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}' --set networkPolicy.enabled=true
 check "networkPolicy: ingress to the metrics port from anywhere by default" renders NetworkPolicy spec.ingress \
@@ -397,6 +386,7 @@ trap cleanup EXIT
 check "fresh namespace $ns (restricted Pod Security)" fresh_namespace
 check "server dry-run of the render: defaults (ClusterRole)" dry_run
 check "server dry-run of the render: watchNamespace=$ns (Role)" dry_run --set watchNamespace="$ns"
+check "server dry-run of the render: every knob of tests/chart/knobs.yaml" dry_run -f "$here/knobs.yaml"
 check "server dry-run of the render: replicaCount=2, rbac.create=false" dry_run --set replicaCount=2 --set rbac.create=false --set serviceAccount.create=false
 check "helm install --wait --take-ownership" install
 check "Deployment available (1 replica)" available 1
