@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Usage: tests/chart/compare.py manifests RENDER MANIFEST...
        tests/chart/compare.py crd RENDER CRD
+       tests/chart/compare.py value RENDER KIND PATH JSON
 
 Semantic comparisons between the chart's default render (`helm template crane-operator
 charts/crane-operator --namespace crane-system`) and the plain manifests, for
@@ -14,12 +15,17 @@ manifests: every object of the MANIFEST files, except the Namespace (the chart l
   from the CRD and `helm test` hooks.
 crd: the CRD in RENDER equals CRD apart from the labels the chart adds and the
   annotation helm.sh/resource-policy, which must be "keep".
+value: RENDER holds exactly one object of KIND, and its value at PATH (keys joined by
+  dots, list items as [N], [-1] the last) equals JSON, e.g.
+  `value render.yaml Deployment 'spec.template.spec.containers[0].args[-1]' '"--x"'`;
+  JSON `null` also accepts a PATH that is not there.
 
 Prints what differs, path by path; exits 1 when anything does, 2 on a usage error.
 YAML is read with PyYAML when it is installed, else converted to JSON by kubectl.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -36,7 +42,8 @@ def load(path):
     except ImportError:
         yaml = None
     if yaml is not None:
-        docs = list(yaml.safe_load_all(text))
+        # The C loader when PyYAML has it: the render holds the CRD, slow to parse in Python.
+        docs = list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     else:
         # No PyYAML: kubectl converts the YAML client-side (--dry-run=client), but it asks
         # the API server for the REST mapping of each kind, so this needs the cluster that
@@ -99,25 +106,26 @@ def same_scalar(a, b):
     return type(a) is type(b) and a == b
 
 
-def diff(a, b, path="", out=None):
-    """Paths where a (the manifest) and b (the render) differ."""
+def diff(a, b, path="", out=None, names=("manifest", "chart")):
+    """Paths where a (the manifest, or what is expected) and b (the render) differ."""
     out = [] if out is None else out
+    an, bn = names
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             p = f"{path}.{k}" if path else str(k)
             if k not in b:
-                out.append(f"{p}: only in the manifest: {json.dumps(a[k])[:200]}")
+                out.append(f"{p}: only in the {an}: {json.dumps(a[k])[:200]}")
             elif k not in a:
-                out.append(f"{p}: only in the chart: {json.dumps(b[k])[:200]}")
+                out.append(f"{p}: only in the {bn}: {json.dumps(b[k])[:200]}")
             else:
-                diff(a[k], b[k], p, out)
+                diff(a[k], b[k], p, out, names)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
-            out.append(f"{path}: {len(a)} items in the manifest, {len(b)} in the chart")
+            out.append(f"{path}: {len(a)} items in the {an}, {len(b)} in the {bn}")
         for i, (x, y) in enumerate(zip(a, b)):
-            diff(x, y, f"{path}[{i}]", out)
+            diff(x, y, f"{path}[{i}]", out, names)
     elif not same_scalar(a, b):
-        out.append(f"{path}: manifest {json.dumps(a)}, chart {json.dumps(b)}")
+        out.append(f"{path}: {an} {json.dumps(a)}, {bn} {json.dumps(b)}")
     return out
 
 
@@ -176,11 +184,28 @@ def compare_crd(render_path, crd_path):
     return problems, f"equal apart from {len(added)} labels and the keep annotation"
 
 
+def compare_value(render_path, kind, path, want_json):
+    objs = [o for o in load(render_path) if o.get("kind") == kind]
+    if len(objs) != 1:
+        return [f"expected one {kind} in the render, found {len(objs)}"], ""
+    have, want = objs[0], json.loads(want_json)
+    for step in re.findall(r"[^.\[\]]+|\[-?[0-9]+\]", path):
+        try:
+            have = have[int(step[1:-1])] if step.startswith("[") else have[step]
+        except (KeyError, IndexError, TypeError):
+            if want is None:
+                return [], f"{kind} has no {path}"
+            return [f"{kind} has no {path} (missing at {step})"], ""
+    return diff(want, have, f"{kind} {path}", names=("expected", "chart")), f"{kind} {path} = {json.dumps(have)[:60]}"
+
+
 def main(argv):
     if len(argv) >= 3 and argv[0] == "manifests":
         problems, summary = compare_manifests(argv[1], argv[2:])
     elif len(argv) == 3 and argv[0] == "crd":
         problems, summary = compare_crd(argv[1], argv[2])
+    elif len(argv) == 5 and argv[0] == "value":
+        problems, summary = compare_value(*argv[1:])
     else:
         print(__doc__.split("\n\n")[0], file=sys.stderr)
         return 2

@@ -2,14 +2,17 @@
 # Usage: tests/chart/test.sh                                   (make chart; part of make test)
 #
 # Checks of the Helm chart charts/crane-operator and the plain manifests/:
-#   - helm lint --strict with the default values and with variants; values.schema.json and
-#     the chart's own checks refuse bad values with a message;
+#   - helm lint --strict with the default values and with variants (tests/chart/knobs.yaml
+#     sets every availability, placement, container and network knob at once); each knob
+#     renders where it belongs (tests/chart/compare.py value); values.schema.json and the
+#     chart's own checks refuse bad values with a message;
 #   - manifests/ equal the chart's default render (tests/chart/compare.py; objects compared
 #     parsed, apart from the labels only Helm sets), and the chart's CRD equals
 #     manifests/crd.yaml apart from its labels and helm.sh/resource-policy: keep;
-#   - on the cluster (KUBECONFIG, else the local one: make cluster): the render passes
-#     `kubectl apply --server-side --dry-run=server`; helm install --wait, helm upgrade with
-#     changed values, helm uninstall, after which the CRD is still there.
+#   - on the cluster (KUBECONFIG, else the local one: make cluster): the render, also with
+#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`; helm
+#     install --wait, helm upgrade with changed values, helm uninstall, after which the CRD
+#     is still there.
 # The release and its namespace are both "crane-chart-test"; the namespace enforces the
 # restricted Pod Security Standard, so the operator's pods must pass it. A leftover of an
 # earlier run is removed first. The CRD is never deleted: the e2e tests use it.
@@ -34,7 +37,8 @@ case ${1:-} in
   *) echo "usage: tests/chart/test.sh (no arguments)" >&2; exit 2 ;;
 esac
 
-"$root/hack/debian-packages.sh" "make chart" python3:python3
+# PyYAML: compare.py parses the renders without a cluster (else kubectl converts them).
+"$root/hack/debian-packages.sh" "make chart" python3:python3 /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml
 
 chart=$root/charts/crane-operator
 release=crane-chart-test
@@ -94,6 +98,21 @@ compare() {
   fi
 }
 
+# render [--set K=V ...]: helm template of the release, into $work/render.yaml.
+render() {
+  helm template "$release" "$chart" --namespace "$ns" "$@" >"$work/render.yaml" 2>"$work/err" ||
+    { why=$(first 3 "$work/err"); return 1; }
+}
+
+# renders KIND PATH JSON [--set K=V ...]: the render with these values has one KIND, whose
+# value at PATH (dots, [N] for list items) equals JSON (tests/chart/compare.py value).
+renders() {
+  local kind=$1 path=$2 want=$3
+  shift 3
+  render "$@" || return 1
+  compare value "$work/render.yaml" "$kind" "$path" "$want"
+}
+
 servicemonitor_rendered() {
   helm template "$release" "$chart" --namespace "$ns" --set serviceMonitor.enabled=true \
     --api-versions monitoring.coreos.com/v1/ServiceMonitor --show-only templates/servicemonitor.yaml >"$work/sm" 2>&1 ||
@@ -149,8 +168,7 @@ reachable() {
 
 # dry_run [--set K=V ...]: the render, applied with --dry-run=server (admission included).
 dry_run() {
-  helm template "$release" "$chart" --namespace "$ns" "$@" >"$work/render.yaml" 2>"$work/err" ||
-    { why=$(first 3 "$work/err"); return 1; }
+  render "$@" || return 1
   k apply --server-side --dry-run=server -f "$work/render.yaml" >"$work/out" 2>&1 ||
     { why=$(first 6 "$work/out"); return 1; }
   # PSA warnings (restricted) are not failures of kubectl apply: make them failures.
@@ -273,9 +291,86 @@ check "helm lint --strict: rbac.create=false, serviceAccount.create=false" lint 
 check "helm lint --strict: serviceMonitor.enabled=true" lint --set serviceMonitor.enabled=true
 check "helm lint --strict: replicaCount=2, crds.enabled=false, logFormat=text" lint --set replicaCount=2 --set crds.enabled=false --set logFormat=text
 check "helm lint --strict: dashboards.enabled=true, prometheusRule.enabled=true" lint --set dashboards.enabled=true --set prometheusRule.enabled=true
+check "helm lint --strict: every knob of tests/chart/knobs.yaml" lint -f "$here/knobs.yaml"
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
 check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
 check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
+digest=sha256:$(printf '%064d' 1)
+check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
+check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
+check "schema refuses image.digest=latest" refused "image/digest.*(pattern|match)" --set image.digest=latest
+zone_spread='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway"}'
+zone_spread_own='{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"'"$release"'"}}}'
+check "strategy: passed to the Deployment" renders Deployment spec.strategy '{"type":"Recreate"}' --set strategy.type=Recreate
+check "revisionHistoryLimit: on the Deployment" renders Deployment spec.revisionHistoryLimit 3 --set revisionHistoryLimit=3
+check "priorityClassName: on the pods" renders Deployment spec.template.spec.priorityClassName '"system-cluster-critical"' --set priorityClassName=system-cluster-critical
+check "topologySpreadConstraints: on the pods, labelSelector defaulted" renders Deployment 'spec.template.spec.topologySpreadConstraints[0].labelSelector' \
+  '{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}' --set-json "topologySpreadConstraints=[$zone_spread]"
+check "topologySpreadConstraints: a labelSelector given is kept" renders Deployment spec.template.spec.topologySpreadConstraints \
+  "[$zone_spread_own]" --set-json "topologySpreadConstraints=[$zone_spread_own]"
+check "schema refuses strategy.type=Blue" refused "strategy/type.*must be one of" --set strategy.type=Blue
+check "schema refuses revisionHistoryLimit=-1" refused "revisionHistoryLimit.*(minimum|>=)" --set revisionHistoryLimit=-1
+check "schema refuses priorityClassName=Not_A_Name" refused "priorityClassName.*pattern" --set priorityClassName=Not_A_Name
+check "schema refuses a topologySpreadConstraint without topologyKey" refused "topologySpreadConstraints/0.*topologyKey" \
+  --set-json 'topologySpreadConstraints=[{"maxSkew":1,"whenUnsatisfiable":"DoNotSchedule"}]'
+volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
+mount='{"name":"scratch","mountPath":"/scratch"}'
+env_var='{"name":"RUST_BACKTRACE","value":"1"}'
+check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
+  '["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json", "--leader-elect", "--x=1"]' --set 'extraArgs[0]=--x=1'
+check "extraEnv: after the chart's own" renders Deployment 'spec.template.spec.containers[0].env[-1]' "$env_var" --set-json "extraEnv=[$env_var]"
+check "extraVolumes: on the pods" renders Deployment spec.template.spec.volumes "[$volume]" --set-json "extraVolumes=[$volume]"
+check "extraVolumeMounts: on the container" renders Deployment 'spec.template.spec.containers[0].volumeMounts' "[$mount]" --set-json "extraVolumeMounts=[$mount]"
+check "schema refuses extraArgs that are not strings" refused "extraArgs/0.*want string" --set-json 'extraArgs=[1]'
+check "schema refuses an extraEnv item without a name" refused "extraEnv/0.*name" --set-json 'extraEnv=[{"value":"x"}]'
+check "schema refuses an extraVolume with no known source" refused "extraVolumes/0" --set-json 'extraVolumes=[{"name":"x","emptyDirr":{}}]'
+check "schema refuses an extraVolumeMount without mountPath" refused "extraVolumeMounts/0.*mountPath" --set-json 'extraVolumeMounts=[{"name":"x"}]'
+startup='{"httpGet":{"path":"/healthz","port":"http-metrics"},"periodSeconds":2,"failureThreshold":30}'
+check "livenessProbe: overrides merge into the default" renders Deployment 'spec.template.spec.containers[0].livenessProbe' \
+  '{"httpGet":{"path":"/healthz","port":"http-metrics"},"initialDelaySeconds":5,"periodSeconds":20,"failureThreshold":3}' --set livenessProbe.periodSeconds=20
+check "readinessProbe: null leaves it out" renders Deployment 'spec.template.spec.containers[0].readinessProbe' null --set readinessProbe=null
+check "startupProbe: on the container" renders Deployment 'spec.template.spec.containers[0].startupProbe' "$startup" --set-json "startupProbe=$startup"
+check "schema refuses an unknown probe field (livenessProbe.initialDelay)" refused "livenessProbe.*initialDelay" --set livenessProbe.initialDelay=3
+check "schema refuses two probe handlers (readinessProbe.tcpSocket)" refused "readinessProbe.*oneOf" --set readinessProbe.tcpSocket.port=8080
+check "schema refuses startupProbe.periodSeconds=0" refused "startupProbe/periodSeconds.*minimum" --set-json "startupProbe=$startup" --set startupProbe.periodSeconds=0
+check "serviceAccount.automount=false: on the ServiceAccount" renders ServiceAccount automountServiceAccountToken false --set serviceAccount.automount=false
+check "serviceAccount.automount=false: the operator pods still mount their token" renders Deployment spec.template.spec.automountServiceAccountToken true --set serviceAccount.automount=false
+check "schema refuses serviceAccount.automount=yes" refused "serviceAccount/automount.*boolean" --set-string serviceAccount.automount=yes
+check "podDisruptionBudget: maxUnavailable 1 by default, selecting the operator pods" renders PodDisruptionBudget spec \
+  '{"maxUnavailable":1,"selector":{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}}' \
+  --set podDisruptionBudget.enabled=true
+check "podDisruptionBudget.minAvailable=0: rendered as 0" renders PodDisruptionBudget spec.minAvailable 0 \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=0
+check "podDisruptionBudget.maxUnavailable=50%: rendered" renders PodDisruptionBudget spec.maxUnavailable '"50%"' \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.maxUnavailable=50%
+check "chart refuses podDisruptionBudget with minAvailable and maxUnavailable" refused "set minAvailable or maxUnavailable, not both" \
+  --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1 --set podDisruptionBudget.maxUnavailable=1
+check "schema refuses podDisruptionBudget.minAvailable=half" refused "podDisruptionBudget/minAvailable" --set podDisruptionBudget.minAvailable=half
+check "schema refuses podDisruptionBudget.enabled=yes" refused "podDisruptionBudget/enabled.*boolean" --set-string podDisruptionBudget.enabled=yes
+monitoring='{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}'
+proxy='{"ports":[{"port":3128,"protocol":"TCP"}],"to":[{"ipBlock":{"cidr":"10.1.0.0/16"}}]}'
+check "networkPolicy: selects the operator pods" renders NetworkPolicy spec.podSelector \
+  '{"matchLabels":{"app.kubernetes.io/name":"crane-operator","app.kubernetes.io/instance":"'"$release"'"}}' --set networkPolicy.enabled=true
+check "networkPolicy: ingress to the metrics port from anywhere by default" renders NetworkPolicy spec.ingress \
+  '[{"ports":[{"port":8080,"protocol":"TCP"}]}]' --set networkPolicy.enabled=true
+check "networkPolicy: egress to the API server (443, 6443) and DNS by default" renders NetworkPolicy spec.egress \
+  '[{"ports":[{"port":443,"protocol":"TCP"},{"port":6443,"protocol":"TCP"}]},{"ports":[{"port":53,"protocol":"UDP"},{"port":53,"protocol":"TCP"}]}]' \
+  --set networkPolicy.enabled=true
+check "networkPolicy.apiServer: ports and cidrs" renders NetworkPolicy 'spec.egress[0]' \
+  '{"ports":[{"port":16443,"protocol":"TCP"}],"to":[{"ipBlock":{"cidr":"10.0.0.1/32"}}]}' \
+  --set networkPolicy.enabled=true --set-json 'networkPolicy.apiServer.ports=[16443]' --set-json 'networkPolicy.apiServer.cidrs=["10.0.0.1/32"]'
+check "networkPolicy.metrics.from: the peers, and the helm test pod" renders NetworkPolicy 'spec.ingress[0].from' \
+  "[$monitoring,"'{"podSelector":{"matchLabels":{"app.kubernetes.io/instance":"'"$release"'","app.kubernetes.io/component":"helm-test"}}}]' \
+  --set networkPolicy.enabled=true --set-json "networkPolicy.metrics.from=[$monitoring]"
+check "networkPolicy.extraEgress: after the chart's rules" renders NetworkPolicy 'spec.egress[-1]' "$proxy" \
+  --set networkPolicy.enabled=true --set-json "networkPolicy.extraEgress=[$proxy]"
+check "schema refuses networkPolicy.enabled=yes" refused "networkPolicy/enabled.*boolean" --set-string networkPolicy.enabled=yes
+check "schema refuses networkPolicy.apiServer.cidrs=[kubernetes]" refused "networkPolicy/apiServer/cidrs/0.*pattern" --set-json 'networkPolicy.apiServer.cidrs=["kubernetes"]'
+check "schema refuses networkPolicy.apiServer.ports=[]" refused "networkPolicy/apiServer/ports.*minItems" --set-json 'networkPolicy.apiServer.ports=[]'
+check "schema refuses an unknown networkPolicy.metrics.from peer field" refused "networkPolicy/metrics/from/0.*namespace" \
+  --set-json 'networkPolicy.metrics.from=[{"namespace":"monitoring"}]'
+check "schema refuses an extraEgress port with protocol HTTP" refused "networkPolicy/extraEgress/0/ports/0/protocol" \
+  --set-json 'networkPolicy.extraEgress=[{"ports":[{"port":3128,"protocol":"HTTP"}]}]'
 check "schema refuses dashboards.enabled=yes" refused "dashboards.enabled.*boolean|boolean.*dashboards" --set-string dashboards.enabled=yes
 check "schema refuses an unknown prometheusRule value (prometheusRule.rules)" refused "additional ?propert.*rules|rules.*not allowed" --set prometheusRule.rules=x
 check "schema refuses replicaCount=abc" refused "replicaCount.*(integer|string)" --set replicaCount=abc
@@ -292,6 +387,7 @@ trap cleanup EXIT
 check "fresh namespace $ns (restricted Pod Security)" fresh_namespace
 check "server dry-run of the render: defaults (ClusterRole)" dry_run
 check "server dry-run of the render: watchNamespace=$ns (Role)" dry_run --set watchNamespace="$ns"
+check "server dry-run of the render: every knob of tests/chart/knobs.yaml" dry_run -f "$here/knobs.yaml"
 check "server dry-run of the render: replicaCount=2, rbac.create=false" dry_run --set replicaCount=2 --set rbac.create=false --set serviceAccount.create=false
 check "helm install --wait --take-ownership" install
 check "Deployment available (1 replica)" available 1

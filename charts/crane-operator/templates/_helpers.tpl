@@ -62,18 +62,28 @@ Create the name of the service account to use
 {{- end }}
 
 {{/*
-The operator image: the tag defaults to the chart's appVersion.
+The operator image: repository@digest when image.digest is set (the tag is then ignored),
+else repository:tag, the tag defaulting to the chart's appVersion.
 */}}
 {{- define "crane-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
-The helm test pod's image: the operator's, unless test.image says otherwise.
+The helm test pod's image: the operator's (digest included), unless test.image names a
+repository or a tag.
 */}}
 {{- define "crane-operator.testImage" -}}
+{{- if or .Values.test.image.repository .Values.test.image.tag }}
 {{- $tag := .Values.test.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
 {{- printf "%s:%s" (.Values.test.image.repository | default .Values.image.repository) $tag }}
+{{- else }}
+{{- include "crane-operator.image" . }}
+{{- end }}
 {{- end }}
 
 {{/*
