@@ -338,6 +338,38 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     .await;
     screenshot(&browser, "dashboard-crane-dark.png").await;
 
+    // --- restart (RollingUpdate objects): the template gets kubectl's restartedAt ---------
+    let mut rolling = crane("rolling", 1);
+    rolling["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+    env.create(rolling).await;
+    browser
+        .goto(&format!("{url}/crs/{}/rolling", env.ns))
+        .await
+        .expect("open rolling");
+    wait_for("rolling's page with Restart enabled", LONG, || async {
+        let restart = browser
+            .find(Locator::Css("#restart:not([disabled])"))
+            .await
+            .map_err(|e| e.to_string())?;
+        restart.text().await.map_err(|e| e.to_string())
+    })
+    .await;
+    confirm(&browser, "#restart").await;
+    wait_for("the template's restartedAt annotation", SHORT, || async {
+        let crs = env.crs().get("rolling").await.map_err(|e| e.to_string())?;
+        let annotations = crs
+            .spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .unwrap_or_default();
+        annotations
+            .get("kubectl.kubernetes.io/restartedAt")
+            .cloned()
+            .ok_or_else(|| format!("template annotations {annotations:?}"))
+    })
+    .await;
+
     // --- a user who may look but not scale: a clear "forbidden" -------------------------
     let viewer = "dashboard-viewer";
     env.kubectl(&["create", "serviceaccount", viewer]);
