@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
 # crane-operator image: docker build -t ghcr.io/crane-dev/crane-operator:0.1.0 .
+# Multi-arch (what the release workflow pushes):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REF .
 #
 # The binary is static: the glibc target with `+crt-static` gives a static-pie that loads
 # no shared library, so the final stage is distroless/static (no libc, CA certificates,
@@ -10,12 +12,17 @@
 # the IP in KUBERNETES_SERVICE_HOST. musl is not used: ring (kube's rustls crypto) would
 # need a musl cross toolchain, and musl's allocator is slow under tokio's multi-threaded
 # runtime.
+#
+# The Rust stages run on the build machine's own platform (BUILDPLATFORM) and compile for
+# the image's architecture (TARGETARCH), with Debian's cross gcc as linker and as the C
+# compiler of ring when the two differ: compiling under QEMU emulation instead takes many
+# times longer. The final stage is the distroless image of TARGETARCH.
 
 ARG RUST_VERSION=1
 
 # Dependencies are compiled in their own layer, from a recipe of Cargo.toml/Cargo.lock
 # (cargo-chef stubs every declared target), so editing src/ does not rebuild them.
-FROM rust:${RUST_VERSION}-bookworm AS chef
+FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS chef
 RUN cargo install cargo-chef --locked --version ^0.1
 WORKDIR /build
 # Applies to the --target build only (not to build scripts and proc macros).
@@ -26,14 +33,38 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG TARGETARCH
+# /build/target.env: the Rust target of TARGETARCH and, when it is not the build machine's
+# own architecture, the cross gcc for cargo and the cc crate. The cross gcc is the one of
+# the base image's Debian release, hence no version pin.
+# hadolint ignore=DL3008
+RUN case "$TARGETARCH" in \
+      amd64) target=x86_64-unknown-linux-gnu env_target=X86_64_UNKNOWN_LINUX_GNU gnu=x86_64-linux-gnu \
+             gcc_package=gcc-x86-64-linux-gnu ;; \
+      arm64) target=aarch64-unknown-linux-gnu env_target=AARCH64_UNKNOWN_LINUX_GNU gnu=aarch64-linux-gnu \
+             gcc_package=gcc-aarch64-linux-gnu ;; \
+      *) echo "TARGETARCH=$TARGETARCH: only amd64 and arm64 are built" >&2; exit 1 ;; \
+    esac \
+    && echo "export TARGET=$target" > /build/target.env \
+    && if [ "$(dpkg --print-architecture)" != "$TARGETARCH" ]; then \
+         apt-get update \
+         && apt-get install -y --no-install-recommends "$gcc_package" "libc6-dev-$TARGETARCH-cross" \
+         && rm -rf /var/lib/apt/lists/* \
+         && rustup target add "$target" \
+         && cc_target=$(echo "$env_target" | tr '[:upper:]' '[:lower:]') \
+         && printf 'export %s=%s\n' "CARGO_TARGET_${env_target}_LINKER" "$gnu-gcc" \
+              "CC_$cc_target" "$gnu-gcc" "AR_$cc_target" "$gnu-ar" >> /build/target.env; \
+       fi \
+    && cat /build/target.env
 COPY --from=planner /build/recipe.json recipe.json
-RUN cargo chef cook --release --locked --target "$(rustc -vV | sed -n 's/^host: //p')" \
-      --recipe-path recipe.json --bin crane-operator
+RUN . /build/target.env \
+    && cargo chef cook --release --locked --target "$TARGET" --recipe-path recipe.json --bin crane-operator
 COPY . .
-RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
-    && cargo build --release --locked --target "$target" --bin crane-operator \
-    && file "target/$target/release/crane-operator" | grep -q 'static' \
-    && install -D -m 0755 "target/$target/release/crane-operator" /out/crane-operator
+RUN . /build/target.env \
+    && cargo build --release --locked --target "$TARGET" --bin crane-operator \
+    && file "target/$TARGET/release/crane-operator" | grep static >/dev/null \
+    && install -D -m 0755 "target/$TARGET/release/crane-operator" /out/crane-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="crane-operator" \

@@ -34,13 +34,14 @@ crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/crane-operator/files/crd.yaml
 
-lint: ## rustfmt, clippy, shellcheck and promtool check rules (promtool built from its Go module on first use)
+lint: ## rustfmt, clippy, shellcheck, promtool check rules, actionlint (workflows), hadolint (Dockerfile); tools built or fetched on first use
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
 	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh .ci/run
-	promtool=$$(tests/cluster/build.sh promtool | sed -n 's/^PROMTOOL_BIN=//p') && \
-	  "$$promtool/promtool" check rules charts/crane-operator/files/alerts.yaml
+	tests/cluster/build.sh exec promtool check rules charts/crane-operator/files/alerts.yaml
+	tests/cluster/build.sh exec actionlint -no-color
+	tests/cluster/build.sh exec hadolint --no-color Dockerfile
 
 unit: ## Unit, property and generated-file tests, and the app's (no cluster)
 	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test planner_properties --test backpressure --test server

