@@ -38,13 +38,14 @@ lint: ## rustfmt, clippy, shellcheck, promtool check rules, actionlint (workflow
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
-	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh .ci/run
+	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh tests/argocd/*.sh .ci/run
 	tests/cluster/build.sh exec promtool check rules charts/crane-operator/files/alerts.yaml
 	tests/cluster/build.sh exec actionlint -no-color
 	tests/cluster/build.sh exec hadolint --no-color Dockerfile
 
-unit: ## Unit, property and generated-file tests, and the app's (no cluster)
+unit: ## Unit, property and generated-file tests, the app's, the Argo CD health check's (no cluster)
 	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test planner_properties --test backpressure --test server
+	tests/argocd/test.sh
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
 	tests/chart/test.sh
