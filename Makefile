@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-smoke build image
+.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-smoke build image deploy
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ build: ## Build the operator binary
 
 image: ## Operator and app images as OCI archives in target/image/ (static binaries; no Docker, no registry)
 	hack/image.sh
+
+deploy: ## Helm-install the operator (CRD included) into the current KUBECONFIG's cluster, namespace crane-system; IMAGE=, TAG= override the image (on kind: make image first, and it is loaded)
+	hack/deploy.sh $(HELM_ARGS)
 
 cluster: ## Start the local cluster: control plane, kwok nodes, real node crane-node-0 (root); kubeconfig in .cluster/kubeconfig
 	tests/cluster/up.sh
