@@ -428,8 +428,14 @@ pub fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The book's CraneReplicaSet (image heejeong/crane, containerPort 7070) with `replicas`,
-/// its pods placed as the suite's are (`suite_pod_spec`).
+/// The image of the suite's pods: the book's app (app/), as `make image` builds it. On the
+/// local cluster the pods run on kwok's simulated nodes, which pull nothing; on kind,
+/// tests/kind/e2e.sh loads it into the nodes with `kind load image-archive`, so no test
+/// pulls an image from a registry.
+pub const APP_IMAGE: &str = "localhost/crane-app:dev";
+
+/// The book's CraneReplicaSet (the book's app, `APP_IMAGE`, containerPort 7070) with
+/// `replicas`, its pods placed as the suite's are (`suite_pod_spec`).
 pub fn crane(name: &str, replicas: i32) -> Value {
     json!({
         "apiVersion": "crane.dev/v1",
@@ -439,7 +445,7 @@ pub fn crane(name: &str, replicas: i32) -> Value {
             "replicas": replicas,
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": suite_pod_spec(json!({"containers": [{"name": "crane", "image": "heejeong/crane", "ports": [{"containerPort": 7070}]}]}))
+                "spec": suite_pod_spec(json!({"containers": [{"name": "crane", "image": APP_IMAGE, "ports": [{"containerPort": 7070}]}]}))
             }
         }
     })

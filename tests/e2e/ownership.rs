@@ -11,7 +11,7 @@ use crate::harness::*;
 fn bare_pod(name: &str, app: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": app}},
-        "spec": suite_pod_spec(json!({"containers": [{"name": "crane", "image": "heejeong/crane"}]}))
+        "spec": suite_pod_spec(json!({"containers": [{"name": "crane", "image": APP_IMAGE}]}))
     }))
     .unwrap()
 }

@@ -289,7 +289,7 @@ async fn scenario(test: &str, scope: Scope) {
         &[
             "run",
             "orphan",
-            "--image=heejeong/crane",
+            &format!("--image={APP_IMAGE}"),
             "--labels=app=crane",
         ],
         None,

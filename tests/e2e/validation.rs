@@ -153,7 +153,7 @@ fn cases() -> Vec<Case> {
             "duplicate container names",
             Op::Create(with(
                 "dupnames",
-                |m| m["spec"]["template"]["spec"]["containers"] = json!([{"name": "crane", "image": "heejeong/crane"}, {"name": "crane", "image": "busybox"}]),
+                |m| m["spec"]["template"]["spec"]["containers"] = json!([{"name": "crane", "image": APP_IMAGE}, {"name": "crane", "image": APP_IMAGE}]),
             )),
             "container names must be unique",
         ),
