@@ -11,8 +11,9 @@
 # The image: the chart's (ghcr.io/crane-dev/crane-operator, tag = the chart's appVersion),
 # which `make image` builds as target/image/crane-operator.tar. When the context is a kind
 # cluster's (kind-NAME) and kind is on PATH, that archive is loaded into its nodes first
-# (kind load image-archive), so that on kind `make image` and `make deploy` are all it
-# takes; for minikube run `minikube image load target/image/crane-operator.tar` first.
+# (kind load image-archive), with target/image/crane-app.tar (the image of
+# manifests/examples/crane.yaml) when it is there, so that on kind `make image` and `make
+# deploy` are all it takes; for minikube run `minikube image load ARCHIVE` first.
 #
 # Environment (all optional):
 #   IMAGE      image repository (default: the chart's)
@@ -62,8 +63,10 @@ if [[ $context == kind-* ]] && [ "${LOAD:-1}" != 0 ] && [ -z "${IMAGE:-}${TAG:-}
   command -v kind >/dev/null || die "context $context is a kind cluster's, but kind is not on PATH to load $archive (or run with LOAD=0)"
   ref=$(tar -xOf "$archive" index.json | sed -n 's/.*"io.containerd.image.name":"\([^"]*\)".*/\1/p')
   [ -n "$ref" ] || die "$archive does not name its image (make image again)"
-  log "loading $ref into the nodes of kind cluster ${context#kind-} (from $archive)"
-  kind load image-archive "$archive" --name "${context#kind-}"
+  archives=("$archive")
+  [ ! -f "$root/target/image/crane-app.tar" ] || archives+=("$root/target/image/crane-app.tar")
+  log "loading $ref into the nodes of kind cluster ${context#kind-} (from ${archives[*]})"
+  kind load image-archive "${archives[@]}" --name "${context#kind-}"
   IMAGE=${ref%:*} TAG=${ref##*:}
 fi
 
