@@ -55,6 +55,7 @@ diagnostics::image_pull_backoff_is_reported_with_a_hint_and_clears_when_fixed  n
 diagnostics::crash_loop_backoff_is_reported_with_a_hint_and_clears_when_fixed  needs kwok simulated pod states (crane.dev/simulate=CrashLoopBackOff)
 failures::failed_pods_are_replaced_and_not_counted               needs kwok simulated pod states (crane.dev/simulate=Failed turns a running pod Failed)
 kstatus::kubectl_wait_for_ready_returns_when_available_and_times_out_when_stalled  needs kwok simulated pod states (crane.dev/simulate=ImagePullBackOff for the stalled object)
+dashboard::the_dashboard_follows_the_cluster_and_acts_with_the_users_rights  needs kwok simulated pod states (its broken object is crane.dev/simulate=ImagePullBackOff), and Debian chromium and chromium-driver on this machine
 '
 
 log() { printf '[kind-e2e] %s\n' "$*" >&2; }
