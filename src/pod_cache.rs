@@ -11,7 +11,7 @@
 //! when it completes, deletions missed while the watch was down included (what
 //! client-go's informers deliver as `DeletedFinalStateUnknown`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -21,7 +21,64 @@ use tokio::sync::watch;
 
 use crate::pods::{Controller, PodFacts};
 
-type Namespaces = HashMap<String, HashMap<String, Arc<PodFacts>>>;
+type Namespaces = HashMap<String, NamespacePods>;
+
+/// The pods of one namespace by name, indexed by controller: a pass reads its own pods and
+/// the orphans without walking the pods of every other object (as kube-controller-manager's
+/// `FilterPodsByOwner` reads its controller-UID and orphan indexes).
+#[derive(Default)]
+struct NamespacePods {
+    by_name: HashMap<String, Arc<PodFacts>>,
+    /// Names of the pods each controller (by UID) controls.
+    by_controller: HashMap<String, HashSet<String>>,
+    /// Names of the pods no controller has.
+    orphans: HashSet<String>,
+}
+
+impl NamespacePods {
+    fn index(&mut self, name: &str, pod: &PodFacts) {
+        let names = match &pod.controller {
+            Controller::None => &mut self.orphans,
+            Controller::Uid(uid) => self.by_controller.entry(uid.clone()).or_default(),
+        };
+        names.insert(name.to_string());
+    }
+
+    fn unindex(&mut self, name: &str, pod: &PodFacts) {
+        match &pod.controller {
+            Controller::None => {
+                self.orphans.remove(name);
+            }
+            Controller::Uid(uid) => {
+                if let Some(names) = self.by_controller.get_mut(uid) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        self.by_controller.remove(uid);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, name: String, pod: Arc<PodFacts>) -> Option<Arc<PodFacts>> {
+        let before = self.by_name.insert(name.clone(), pod.clone());
+        if let Some(before) = &before {
+            self.unindex(&name, before);
+        }
+        self.index(&name, &pod);
+        before
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<PodFacts>> {
+        let before = self.by_name.remove(name)?;
+        self.unindex(name, &before);
+        Some(before)
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<PodFacts>> {
+        self.by_name.get(name)
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -72,7 +129,7 @@ fn difference(old: &Namespaces, new: &Namespaces) -> Vec<Change> {
     let mut changes = Vec::new();
     for (ns, pods) in new {
         let old_pods = old.get(ns);
-        for (name, after) in pods {
+        for (name, after) in &pods.by_name {
             let before = old_pods.and_then(|p| p.get(name));
             if before.is_none_or(|b| b != after) {
                 changes.push(Change {
@@ -85,8 +142,8 @@ fn difference(old: &Namespaces, new: &Namespaces) -> Vec<Change> {
     }
     for (ns, pods) in old {
         let new_pods = new.get(ns);
-        for (name, before) in pods {
-            if new_pods.is_none_or(|p| !p.contains_key(name)) {
+        for (name, before) in &pods.by_name {
+            if new_pods.is_none_or(|p| p.get(name).is_none()) {
                 changes.push(Change {
                     namespace: ns.clone(),
                     before: Some(before.clone()),
@@ -136,7 +193,7 @@ impl PodCache {
                     return Vec::new();
                 };
                 let before = pods.remove(&pod.name_any());
-                if pods.is_empty() {
+                if pods.by_name.is_empty() {
                     state.namespaces.remove(&ns);
                 }
                 before
@@ -156,15 +213,15 @@ impl PodCache {
     /// never its business.
     pub fn candidates(&self, namespace: &str, uid: &str) -> Vec<PodFacts> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state
-            .namespaces
-            .get(namespace)
+        let Some(pods) = state.namespaces.get(namespace) else {
+            return Vec::new();
+        };
+        pods.by_controller
+            .get(uid)
             .into_iter()
-            .flat_map(|pods| pods.values())
-            .filter(|p| match &p.controller {
-                Controller::None => true,
-                Controller::Uid(owner) => owner == uid,
-            })
+            .flatten()
+            .chain(&pods.orphans)
+            .filter_map(|name| pods.by_name.get(name))
             .map(|p| PodFacts::clone(p))
             .collect()
     }
@@ -172,7 +229,7 @@ impl PodCache {
     /// Pods cached, in every namespace.
     pub fn len(&self) -> usize {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.namespaces.values().map(HashMap::len).sum()
+        state.namespaces.values().map(|p| p.by_name.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -225,6 +282,36 @@ mod tests {
         cache.apply(&watcher::Event::Delete(pod("a", "mine", Some("u1"))));
         assert_eq!(names(cache.candidates("a", "u1")), ["orphan"]);
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn the_controller_index_follows_adoption_release_relists_and_replacement() {
+        let cache = PodCache::default();
+        cache.apply(&watcher::Event::Apply(pod("a", "p", None)));
+        assert_eq!(names(cache.candidates("a", "u1")), ["p"]);
+        // Adopted by u2: not u1's business any more.
+        cache.apply(&watcher::Event::Apply(pod("a", "p", Some("u2"))));
+        assert!(cache.candidates("a", "u1").is_empty());
+        assert_eq!(names(cache.candidates("a", "u2")), ["p"]);
+        // Released, then adopted by u1.
+        cache.apply(&watcher::Event::Apply(pod("a", "p", None)));
+        cache.apply(&watcher::Event::Apply(pod("a", "p", Some("u1"))));
+        assert!(cache.candidates("a", "u2").is_empty());
+        assert_eq!(names(cache.candidates("a", "u1")), ["p"]);
+        // A relist in which the pod belongs to u2 again and u1 has another.
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("a", "p", Some("u2"))),
+            watcher::Event::InitApply(pod("a", "q", Some("u1"))),
+            watcher::Event::InitDone,
+        ] {
+            cache.apply(&event);
+        }
+        assert_eq!(names(cache.candidates("a", "u1")), ["q"]);
+        assert_eq!(names(cache.candidates("a", "u2")), ["p"]);
+        cache.apply(&watcher::Event::Delete(pod("a", "q", Some("u1"))));
+        assert!(cache.candidates("a", "u1").is_empty());
+        assert_eq!(cache.len(), 1);
     }
 
     /// (name, UID before, UID after) of each change, sorted.
