@@ -398,44 +398,48 @@ pub fn processes_of(dir: &str) -> Vec<u32> {
         .collect()
 }
 
+/// kube-apiserver of the cluster at `server`: the process serving its port.
+pub fn find_apiserver(server: &str) -> Option<Component> {
+    let port = server.rsplit(':').next()?.trim_end_matches('/').to_string();
+    processes("kube-apiserver").find(|c| c.flag("secure-port").as_deref() == Some(port.as_str()))
+}
+
+/// Every process whose program is `name`.
+fn processes(name: &str) -> impl Iterator<Item = Component> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.first()?.rsplit('/').next() == Some(name)).then(|| Component {
+                name: name.to_string(),
+                pid,
+                args,
+            })
+        })
+}
+
 pub fn find_component(name: &str, server: &str) -> Option<Component> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let Some(argv0) = args.first() else { continue };
-        if argv0.rsplit('/').next() != Some(name) {
-            continue;
-        }
-        let comp = Component {
-            name: name.to_string(),
-            pid,
-            args,
-        };
+    processes(name).find(|comp| {
         let Some(kubeconfig) = comp.flag("kubeconfig") else {
-            continue;
+            return false;
         };
         let Ok(text) = std::fs::read_to_string(&kubeconfig) else {
-            continue;
+            return false;
         };
-        if text.lines().any(|l| {
+        text.lines().any(|l| {
             l.trim()
                 .trim_start_matches("server:")
                 .trim()
                 .trim_end_matches('/')
                 == server
-        }) {
-            return Some(comp);
-        }
-    }
-    None
+        })
+    })
 }

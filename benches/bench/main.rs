@@ -167,6 +167,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
     let cluster = Cluster::connect(run_id).await?;
     let kcm = find_component("kube-controller-manager", &cluster.server);
     let scheduler = find_component("kube-scheduler", &cluster.server);
+    let apiserver = cluster::find_apiserver(&cluster.server);
     let operator_bin = opts
         .operator_bin
         .clone()
@@ -178,6 +179,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         operator_bin,
         log_dir: opts.out.join("logs"),
         kcm: kcm.clone(),
+        apiserver,
         started,
         raw: AtomicUsize::new(plan.raw_concurrency.unwrap_or(32)),
     };

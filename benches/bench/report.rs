@@ -711,16 +711,31 @@ impl Report {
     }
 
     fn write_where(&self, s: &mut String) -> std::fmt::Result {
-        let Some(&n) = self.plan.sizes.iter().max() else {
-            return Ok(());
-        };
+        if let Some(&n) = self.plan.sizes.iter().max() {
+            self.write_where_of(s, &format!("scale-up N={n}"), &self.scale_up, n)?;
+        }
+        let pods = self.plan.fanout_objects * self.plan.fanout_replicas;
+        let title = format!(
+            "fan-out {}×{}",
+            self.plan.fanout_objects, self.plan.fanout_replicas
+        );
+        self.write_where_of(s, &title, &self.fan_out, pods)
+    }
+
+    fn write_where_of(
+        &self,
+        s: &mut String,
+        title: &str,
+        runs: &[Run],
+        n: usize,
+    ) -> std::fmt::Result {
         let (Some(c), Some(na)) = (
-            Self::median_run(&self.scale_up, Variant::Crane, n),
-            Self::median_run(&self.scale_up, Variant::Native, n),
+            Self::median_run(runs, Variant::Crane, n),
+            Self::median_run(runs, Variant::Native, n),
         ) else {
             return Ok(());
         };
-        writeln!(s, "## Where the time goes (scale-up N={n}, median round)\n")?;
+        writeln!(s, "## Where the time goes ({title}, median round)\n")?;
         writeln!(s, "| | crane | native |\n|---|---:|---:|")?;
         writeln!(
             s,
@@ -757,7 +772,29 @@ impl Report {
                 f2(o.cpu_s),
                 na.kcm_cpu_s.map_or("–".into(), f2)
             )?;
+            writeln!(
+                s,
+                "| controller CPU s per 1,000 pods | {} | {} |",
+                f2(o.cpu_s * 1000.0 / n as f64),
+                na.kcm_cpu_s
+                    .map_or("–".into(), |x| f2(x * 1000.0 / n as f64))
+            )?;
+            writeln!(
+                s,
+                "| API requests by the operator per pod | {} | |",
+                f2(o.api_requests / n as f64)
+            )?;
         }
+        let per_k = |r: &Run| {
+            r.apiserver_cpu_s
+                .map_or("–".into(), |x| f2(x * 1000.0 / n as f64))
+        };
+        writeln!(
+            s,
+            "| kube-apiserver CPU s per 1,000 pods (until Ready) | {} | {} |",
+            per_k(c),
+            per_k(na)
+        )?;
         let count = |r: &Run, what: &str, who: &str| -> u64 {
             r.writes
                 .by_writer
@@ -824,9 +861,9 @@ impl Report {
         writeln!(s, "## Every run\n")?;
         writeln!(
             s,
-            "| scenario | pods | round | contender | created s | Ready s | pods/s | operator CPU s | extra pods created | teardown s |"
+            "| scenario | pods | round | contender | created s | Ready s | pods/s | operator CPU s | API server CPU s | extra pods created | teardown s |"
         )?;
-        writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
         let mut all: Vec<&Run> = self
             .scale_up
             .iter()
@@ -837,7 +874,7 @@ impl Report {
         for r in all {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
                 r.pods,
                 r.round,
@@ -850,6 +887,7 @@ impl Report {
                 },
                 f0(r.pods_per_s()),
                 r.operator.as_ref().map_or("".into(), |o| f2(o.cpu_s)),
+                r.apiserver_cpu_s.map_or("–".into(), f2),
                 r.extra_pods(),
                 f1(r.teardown_s)
             )?;

@@ -47,6 +47,7 @@ pub struct Bench {
     pub operator_bin: PathBuf,
     pub log_dir: PathBuf,
     pub kcm: Option<Component>,
+    pub apiserver: Option<Component>,
     pub started: Instant,
     /// Bare-pod creation concurrency of the raw baseline (tuned at the start).
     pub raw: AtomicUsize,
@@ -85,6 +86,8 @@ pub struct Run {
     /// kube-controller-manager before the first request and when every pod was Ready.
     pub kcm_usage_start: Option<Usage>,
     pub kcm_usage_at_ready: Option<Usage>,
+    /// kube-apiserver's CPU seconds from the first request until Ready.
+    pub apiserver_cpu_s: Option<f64>,
     pub steady: Option<Steady>,
     pub teardown_s: f64,
 }
@@ -114,6 +117,8 @@ pub struct OperatorRun {
     pub reconcile_errors: f64,
     pub pods_created: f64,
     pub reconcile_seconds_sum: f64,
+    /// Requests the operator sent to the API server (retries included), from its start.
+    pub api_requests: f64,
     /// CPU seconds from the first request until every pod was Ready.
     pub cpu_s: f64,
     /// Started, caches synced, no pods yet.
@@ -192,6 +197,10 @@ impl Bench {
         self.kcm.as_ref().and_then(|k| Usage::of(k.pid).ok())
     }
 
+    fn apiserver_usage(&self) -> Option<Usage> {
+        self.apiserver.as_ref().and_then(|k| Usage::of(k.pid).ok())
+    }
+
     fn ready_timeout(pods: usize) -> Duration {
         Duration::from_secs(120) + Duration::from_millis(100 * pods as u64)
     }
@@ -239,6 +248,7 @@ impl Bench {
         let counter = WriteCounter::start(client, ns, &owner_resource(variant)).await?;
         let op_before = operator.as_ref().map(|o| o.usage()).transpose()?;
         let kcm_before = self.kcm_usage();
+        let apiserver_before = self.apiserver_usage();
 
         let t0 = Instant::now();
         let parallel = match variant {
@@ -266,6 +276,7 @@ impl Bench {
         }
         let op_at_ready = operator.as_ref().map(|o| o.usage()).transpose()?;
         let kcm_at_ready = self.kcm_usage();
+        let apiserver_at_ready = self.apiserver_usage();
         let writes = counter.snapshot();
         let (ready_at, seen_at, timeline) = tracker.with(|p| {
             (
@@ -326,6 +337,7 @@ impl Bench {
                     reconcile_errors: m.with_label("crane_operator_reconcile_total", "error"),
                     pods_created: m.sum("crane_operator_pods_created_total"),
                     reconcile_seconds_sum: m.sum("crane_operator_reconcile_duration_seconds_sum"),
+                    api_requests: m.sum("crane_operator_api_requests_total"),
                     cpu_s: op_before
                         .zip(op_at_ready)
                         .map_or(f64::NAN, |(a, b)| b.cpu_s - a.cpu_s),
@@ -362,6 +374,9 @@ impl Bench {
             kcm_cpu_s: kcm_before.zip(kcm_at_ready).map(|(a, b)| b.cpu_s - a.cpu_s),
             kcm_usage_start: kcm_before,
             kcm_usage_at_ready: kcm_at_ready,
+            apiserver_cpu_s: apiserver_before
+                .zip(apiserver_at_ready)
+                .map(|(a, b)| b.cpu_s - a.cpu_s),
             steady,
             teardown_s: f64::NAN,
         })
