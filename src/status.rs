@@ -311,6 +311,33 @@ fn set_failure(conditions: &mut Vec<Condition>, type_: &str, failure: &Option<Fa
     }
 }
 
+/// Whether `new` differs from `old` in counts only: the replica counts, how many pods
+/// each issue has (and its example), and the messages that quote them. Such a change may
+/// wait a moment to be written with the next (see the controller's status batching);
+/// anything else (a condition's status or reason, the observed generation, the Service,
+/// a new issue) is news to write at once.
+pub fn only_counts_changed(old: &CraneReplicaSetStatus, new: &CraneReplicaSetStatus) -> bool {
+    fn without_counts(s: &CraneReplicaSetStatus) -> CraneReplicaSetStatus {
+        let mut s = s.clone();
+        s.replicas = 0;
+        s.fully_labeled_replicas = 0;
+        s.ready_replicas = 0;
+        s.available_replicas = 0;
+        s.updated_replicas = 0;
+        for c in &mut s.conditions {
+            c.message.clear();
+        }
+        for i in &mut s.pod_issues {
+            i.count = 0;
+            i.example_pod.clear();
+            i.message.clear();
+            i.hint.clear();
+        }
+        s
+    }
+    without_counts(old) == without_counts(new)
+}
+
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed and new fields,
 /// `null` for the ones gone; lists are replaced whole.
 pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {

@@ -739,6 +739,12 @@ impl Report {
         writeln!(s, "| | crane | native |\n|---|---:|---:|")?;
         writeln!(
             s,
+            "| all owner objects created (the bench's requests returned), s | {} | {} |",
+            c.requests_s.map_or("–".into(), f2),
+            na.requests_s.map_or("–".into(), f2)
+        )?;
+        writeln!(
+            s,
             "| all pods created (watch), s | {} | {} |",
             f2(c.created_s),
             f2(na.created_s)

@@ -70,7 +70,8 @@ pub struct Run {
     pub ready_s: f64,
     /// From the first create request to the watch showing every pod (created).
     pub created_s: f64,
-    /// Raw only: until every create request had returned.
+    /// Until every create request of the bench had returned (the owner objects; raw: the
+    /// pods).
     pub requests_s: Option<f64>,
     /// (seconds since the first request, pods Ready), at every change.
     pub timeline: Vec<(f64, usize)>,
@@ -256,7 +257,7 @@ impl Bench {
             _ => self.plan.object_parallelism,
         };
         cluster::create_workload(client, ns, &w, "bench", parallel).await?;
-        let requests_s = (variant == Variant::Raw).then(|| t0.elapsed().as_secs_f64());
+        let requests_s = Some(t0.elapsed().as_secs_f64());
         if w.unscheduled {
             tracker
                 .wait(

@@ -55,6 +55,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// A periodic look at every CraneReplicaSet, as a safety net for missed events. It reads
 /// only caches and writes nothing in a steady state.
 const RESYNC: Duration = Duration::from_secs(300);
+/// A status change in counts only, within this long of the object's last status write, is
+/// written with the next one instead (at the latest when this has passed since the last):
+/// while a thousand pods are created and turn Ready one by one, every pod event would
+/// otherwise be a status write, each a full CRD validation in kube-apiserver. Changes of a
+/// condition, the generation or the Service are written at once. kube-controller-manager's
+/// Job controller batches pod events by the same second (`syncJobBatchPeriod`).
+const STATUS_BATCH: Duration = Duration::from_secs(1);
 
 /// Why a reconcile pass failed. Each carries what failed and on which object.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,8 @@ pub struct Context {
     failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
     announced: Mutex<HashMap<String, Option<String>>>,
+    /// When this process last wrote each CraneReplicaSet's status (see [`STATUS_BATCH`]).
+    status_written: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// `namespace/name` of an object: the key of expectations and backoff.
@@ -164,6 +173,10 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.status_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
@@ -375,6 +388,7 @@ pub async fn run(
         metrics,
         failures,
         announced: Mutex::default(),
+        status_written: Mutex::default(),
     });
     let state = ctx.clone();
     controller
@@ -458,6 +472,7 @@ pub(crate) mod fixtures {
             metrics: Arc::default(),
             failures: Arc::default(),
             announced: Mutex::default(),
+            status_written: Mutex::default(),
         };
         (ctx, handle)
     }

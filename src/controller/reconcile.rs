@@ -132,7 +132,8 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
     announce_pod_issues(crs, ctx, &new_status).await;
     // Written whenever it changed, creations and deletions in flight or not, as the
     // ReplicaSet controller does: the status says what the cache shows now.
-    if crs.status.as_ref() != Some(&new_status) {
+    let deferred = status_deferred(ctx, &key, crs.status.as_ref(), &new_status);
+    if crs.status.as_ref() != Some(&new_status) && deferred.is_none() {
         let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
         // Only what changed, as a JSON merge patch: server-side apply would make the API
         // server merge the whole object against the CRD's schema (pod template included)
@@ -148,6 +149,10 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         api.patch_status(&crs.name_any(), &params, &Patch::Merge(patch))
             .await
             .map_err(kube_err("update status of", key.clone()))?;
+        ctx.status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Instant::now());
     }
     if let Some(failure) = replica_failure {
         return Err(Error::Replicas {
@@ -161,9 +166,31 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
             failure,
         });
     }
+    let recheck = recheck.map(|d| d + Duration::from_millis(100));
     Ok(Action::requeue(
-        recheck.map_or(RESYNC, |d| d + Duration::from_millis(100)),
+        [recheck, deferred]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(RESYNC),
     ))
+}
+
+/// How long a status change waits to be written with the next, if it is one that may
+/// ([`STATUS_BATCH`]): counts only, and this process wrote the status less than that ago.
+pub(super) fn status_deferred(
+    ctx: &Context,
+    key: &str,
+    old: Option<&CraneReplicaSetStatus>,
+    new: &CraneReplicaSetStatus,
+) -> Option<Duration> {
+    let old = old?;
+    if old == new || !status::only_counts_changed(old, new) {
+        return None;
+    }
+    let written = ctx.status_written.lock().unwrap_or_else(|p| p.into_inner());
+    let since = written.get(key)?.elapsed();
+    STATUS_BATCH.checked_sub(since).filter(|d| !d.is_zero())
 }
 
 /// One event when the main reason pods are not ready changes (or goes away), never one
@@ -288,6 +315,99 @@ pub(super) mod tests {
             &candidates,
             settled,
         )
+    }
+
+    /// `name`, controlled by the fixture's CraneReplicaSet, Ready or not.
+    fn running(name: &str, ready: bool) -> Pod {
+        let mut pod = ours(name);
+        pod.labels_mut()
+            .insert(crate::service::OWNER_LABEL.into(), "crane".into());
+        pod.status = serde_json::from_value(serde_json::json!({"phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                            "lastTransitionTime": "2026-11-30T12:00:00Z"}]}))
+        .unwrap();
+        pod
+    }
+
+    #[tokio::test]
+    async fn a_change_in_counts_only_waits_for_the_status_batch_and_news_is_written_at_once() {
+        use http_body_util::BodyExt;
+        let (ctx, mut api) = scripted_context();
+        let (tx, mut patches) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        tokio::spawn(async move {
+            while let Some((req, send)) = api.next_request().await {
+                assert_eq!(req.method(), http::Method::PATCH, "{}", req.uri());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let _ = tx.send(serde_json::from_slice(&body).unwrap());
+                send.send_response(answer(200, serde_json::to_value(crane(2)).unwrap()));
+            }
+        });
+        let mut crs = crane(2);
+        crs.spec.service.enabled = false;
+        let observe = |pod: Pod| {
+            ctx.pods.apply(&watcher::Event::Apply(pod));
+        };
+        observe(running("crane-a", false));
+        observe(running("crane-b", false));
+
+        // The object's first status is written at once; the cache then shows it.
+        reconcile_inner(&crs, &ctx).await.expect("a pass");
+        let first = patches.try_recv().expect("the first status is written");
+        crs.status = Some(serde_json::from_value(first["status"].clone()).unwrap());
+
+        // One pod turns Ready: counts only, within the second after that write.
+        observe(running("crane-a", true));
+        let action = reconcile_inner(&crs, &ctx).await.expect("a pass");
+        assert!(
+            patches.try_recv().is_err(),
+            "a count-only change is written with the next write"
+        );
+        assert_ne!(
+            action,
+            Action::requeue(RESYNC),
+            "the pass comes back for the deferred write within the batch"
+        );
+
+        // Every pod Ready: the Ready condition changes, written at once, counts included.
+        observe(running("crane-b", true));
+        reconcile_inner(&crs, &ctx).await.expect("a pass");
+        let news = patches
+            .try_recv()
+            .expect("the Ready news is written at once");
+        assert_eq!(news["status"]["readyReplicas"], 2, "{news:#}");
+        let ready = news["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+        assert_eq!(
+            ready.map(|c| c["status"].clone()),
+            Some("True".into()),
+            "{news:#}"
+        );
+    }
+
+    #[test]
+    fn only_counts_tells_counts_from_news() {
+        let status = |ready: i32, reason: &str| -> CraneReplicaSetStatus {
+            serde_json::from_value(serde_json::json!({
+                "observedGeneration": 1, "replicas": 2, "readyReplicas": ready,
+                "conditions": [{"type": "Ready", "status": "False", "reason": reason,
+                    "message": format!("{ready} of 2 pods available"),
+                    "lastTransitionTime": "2026-11-30T12:00:00Z", "observedGeneration": 1}]
+            }))
+            .unwrap()
+        };
+        let old = status(0, "PodsUnavailable");
+        assert!(status::only_counts_changed(
+            &old,
+            &status(1, "PodsUnavailable")
+        ));
+        assert!(!status::only_counts_changed(
+            &old,
+            &status(1, "FailedCreate")
+        ));
+        let mut newer = status(0, "PodsUnavailable");
+        newer.observed_generation = Some(2);
+        assert!(!status::only_counts_changed(&old, &newer));
     }
 
     #[tokio::test]
