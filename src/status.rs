@@ -311,10 +311,22 @@ fn set_failure(conditions: &mut Vec<Condition>, type_: &str, failure: &Option<Fa
     }
 }
 
+/// Reasons that only say how far a convergence has come, read off the counts: going from
+/// one to another (ScalingUp to WaitingForAvailablePods as the last pod appears) is
+/// progress, not news.
+const PROGRESS_REASONS: [&str; 5] = [
+    "ScalingUp",
+    "ScalingDown",
+    "RollingUpdate",
+    "WaitingForAvailablePods",
+    "PodsNotReady",
+];
+
 /// Whether `new` differs from `old` in counts only: the replica counts, how many pods
-/// each issue has (and its example), and the messages that quote them. Such a change may
-/// wait a moment to be written with the next (see the controller's status batching);
-/// anything else (a condition's status or reason, the observed generation, the Service,
+/// each issue has (and its example), the messages that quote them, and a condition's
+/// progress reason ([`PROGRESS_REASONS`]) while its status stays. Such a change may wait
+/// a moment to be written with the next (see the controller's status batching); anything
+/// else (a condition's status, a failure's reason, the observed generation, the Service,
 /// a new issue) is news to write at once.
 pub fn only_counts_changed(old: &CraneReplicaSetStatus, new: &CraneReplicaSetStatus) -> bool {
     fn without_counts(s: &CraneReplicaSetStatus) -> CraneReplicaSetStatus {
@@ -326,6 +338,9 @@ pub fn only_counts_changed(old: &CraneReplicaSetStatus, new: &CraneReplicaSetSta
         s.updated_replicas = 0;
         for c in &mut s.conditions {
             c.message.clear();
+            if PROGRESS_REASONS.contains(&c.reason.as_str()) {
+                c.reason = "Progressing".into();
+            }
         }
         for i in &mut s.pod_issues {
             i.count = 0;

@@ -405,6 +405,15 @@ pub(super) mod tests {
             &old,
             &status(1, "FailedCreate")
         ));
+        let scaling = status(0, "ScalingUp");
+        assert!(
+            status::only_counts_changed(&scaling, &status(1, "WaitingForAvailablePods")),
+            "progress from one reason to the next is counted, not news"
+        );
+        assert!(!status::only_counts_changed(
+            &scaling,
+            &status(0, "ImagePullBackOff")
+        ));
         let mut newer = status(0, "PodsUnavailable");
         newer.observed_generation = Some(2);
         assert!(!status::only_counts_changed(&old, &newer));
