@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
-use kube::api::{Api, ApiResource, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -93,54 +94,155 @@ impl Pods {
     }
 }
 
-/// Watches the pods of one namespace in the background.
-pub struct PodTracker {
-    pods: Arc<Mutex<Pods>>,
+impl Describe for Pods {
+    fn describe(&self) -> String {
+        format!(
+            "pods seen {}, active {}, ready {}",
+            self.first_seen.len(),
+            self.active(),
+            self.ready
+        )
+    }
+}
+
+/// What a watched state says about itself when a wait on it times out.
+pub trait Describe {
+    fn describe(&self) -> String;
+}
+
+/// State kept up to date from a watch in the background, and waits on it.
+pub struct Watched<S> {
+    state: Arc<Mutex<S>>,
     changed: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
-impl PodTracker {
-    /// Starts the watch and returns once its initial list is in.
-    pub async fn start(client: &Client, ns: &str) -> Result<Self> {
-        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let pods = Arc::new(Mutex::new(Pods::default()));
+/// Watches the pods of one namespace in the background.
+pub type PodTracker = Watched<Pods>;
+
+/// How a long wait shows that it moves: a line every `every`, and a failure when the
+/// measure (e.g. pods created) has not changed for `stall`.
+pub struct Progress<'a, S> {
+    pub every: Duration,
+    pub stall: Duration,
+    /// (a number that grows while the wait makes progress, the line to print).
+    pub measure: &'a (dyn Fn(&S) -> (u64, String) + Sync),
+    pub print: &'a (dyn Fn(String) + Sync),
+}
+
+impl<S: Describe + Send + 'static> Watched<S> {
+    /// Applies every item of `events` to `state` in the background (with the time it
+    /// arrived), then tells the waiters.
+    pub fn spawn<E: Send + 'static>(
+        state: S,
+        events: impl futures::Stream<Item = E> + Send + 'static,
+        apply: impl Fn(&mut S, E, Instant) + Send + 'static,
+    ) -> Self {
+        let state = Arc::new(Mutex::new(state));
         let (tx, changed) = watch::channel(0u64);
-        let state = pods.clone();
+        let shared = state.clone();
         let task = tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                let now = Instant::now();
-                let Ok(event) = event else { continue };
-                let mut s = state.lock().unwrap();
-                match event {
-                    watcher::Event::Init => s.relist = Some(HashSet::new()),
-                    watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                        s.apply(&pod, now)
-                    }
-                    watcher::Event::Delete(pod) => {
-                        s.present.remove(&pod.uid().unwrap_or_default());
-                        s.recount(now);
-                    }
-                    watcher::Event::InitDone => {
-                        if let Some(seen) = s.relist.take() {
-                            s.present.retain(|uid, _| seen.contains(uid));
-                            s.recount(now);
-                        }
-                        s.synced = true;
-                    }
-                }
-                drop(s);
+                apply(&mut shared.lock().unwrap(), event, Instant::now());
                 tx.send_modify(|g| *g += 1);
             }
         });
-        let tracker = Self {
-            pods,
+        Self {
+            state,
             changed,
             task,
-        };
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.state.lock().unwrap())
+    }
+
+    /// Waits until `done` holds, or fails after `timeout` saying what it saw.
+    pub async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&S) -> bool,
+    ) -> Result<()> {
+        self.wait_reporting(what, timeout, done, None).await
+    }
+
+    /// [`Watched::wait`], printing progress and failing early when it stalls.
+    pub async fn wait_reporting(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&S) -> bool,
+        progress: Option<Progress<'_, S>>,
+    ) -> Result<()> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        let mut changed = self.changed.clone();
+        let first_line = start + progress.as_ref().map_or(Duration::ZERO, |p| p.every);
+        let (mut last, mut moved_at, mut next_line) = (None, start, first_line);
+        loop {
+            changed.borrow_and_update();
+            if self.with(&done) {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            let mut wake = deadline;
+            if let Some(p) = &progress {
+                let (measure, line) = self.with(p.measure);
+                if last != Some(measure) {
+                    (last, moved_at) = (Some(measure), now);
+                }
+                if now >= next_line {
+                    (p.print)(line);
+                    next_line = now + p.every;
+                }
+                if now - moved_at > p.stall {
+                    bail!(
+                        "no progress for {:?} waiting for {what} ({})",
+                        p.stall,
+                        self.with(S::describe)
+                    );
+                }
+                wake = wake.min(next_line);
+            }
+            match tokio::time::timeout_at(wake, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => bail!("the watch ended while waiting for {what}"),
+                Err(_) if tokio::time::Instant::now() >= deadline => bail!(
+                    "timed out after {timeout:?} waiting for {what} ({})",
+                    self.with(S::describe)
+                ),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Watched<Pods> {
+    /// Starts the watch and returns once its initial list is in.
+    pub async fn start(client: &Client, ns: &str) -> Result<Self> {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let events = watcher(api, watcher::Config::default()).default_backoff();
+        let tracker = Self::spawn(Pods::default(), events, |s, event, now| {
+            let Ok(event) = event else { return };
+            match event {
+                watcher::Event::Init => s.relist = Some(HashSet::new()),
+                watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => s.apply(&pod, now),
+                watcher::Event::Delete(pod) => {
+                    s.present.remove(&pod.uid().unwrap_or_default());
+                    s.recount(now);
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = s.relist.take() {
+                        s.present.retain(|uid, _| seen.contains(uid));
+                        s.recount(now);
+                    }
+                    s.synced = true;
+                }
+            }
+        });
         tracker
             .wait("the pod watch to sync", Duration::from_secs(60), |p| {
                 p.synced
@@ -148,40 +250,9 @@ impl PodTracker {
             .await?;
         Ok(tracker)
     }
-
-    pub fn with<R>(&self, f: impl FnOnce(&Pods) -> R) -> R {
-        f(&self.pods.lock().unwrap())
-    }
-
-    /// Waits until `done` holds for the pods, or fails after `timeout` saying what it saw.
-    pub async fn wait(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&Pods) -> bool,
-    ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut changed = self.changed.clone();
-        loop {
-            changed.borrow_and_update();
-            if self.with(&done) {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, changed.changed())
-                .await
-                .is_err()
-            {
-                let (seen, active, ready) =
-                    self.with(|p| (p.first_seen.len(), p.active(), p.ready));
-                bail!(
-                    "timed out after {timeout:?} waiting for {what} (pods seen {seen}, active {active}, ready {ready})"
-                );
-            }
-        }
-    }
 }
 
-impl Drop for PodTracker {
+impl<S> Drop for Watched<S> {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -194,6 +265,9 @@ pub struct Writes {
     pub by_writer: BTreeMap<String, u64>,
     pub total: u64,
     pub seconds: f64,
+    /// The resources whose watch broke off during the window (their counts are short).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<&'static str>,
 }
 
 impl Writes {
@@ -218,6 +292,7 @@ impl Writes {
             total: by_writer.values().sum(),
             by_writer,
             seconds: self.seconds - earlier.seconds,
+            lost: self.lost.clone(),
         }
     }
 }
@@ -227,13 +302,17 @@ type Fields = Vec<(String, String, String)>;
 
 /// Who made a write: the managers whose managedFields entries are new or changed since
 /// `prev`; when none changed (two writes by one manager within the second that the field
-/// times resolve), the managers with the latest time. Several are joined with `+`.
+/// times resolve) or nothing was known before, the managers with the latest time. Several
+/// are joined with `+`.
 fn writer(prev: Option<&Fields>, cur: &Fields) -> String {
-    let mut who: Vec<&str> = cur
-        .iter()
-        .filter(|e| prev.is_none_or(|p| !p.contains(e)))
-        .map(|(m, _, _)| m.as_str())
-        .collect();
+    let mut who: Vec<&str> = match prev {
+        Some(prev) => cur
+            .iter()
+            .filter(|e| !prev.contains(e))
+            .map(|(m, _, _)| m.as_str())
+            .collect(),
+        None => Vec::new(),
+    };
     if who.is_empty() {
         let latest = cur.iter().map(|(_, _, t)| t).max();
         who = cur
@@ -251,9 +330,9 @@ fn writer(prev: Option<&Fields>, cur: &Fields) -> String {
     }
 }
 
-fn fields(o: &DynamicObject) -> Fields {
-    let mut fields: Fields = o
-        .metadata
+/// The managedFields of an object, plus its binding (`node_name`).
+fn fields(meta: &ObjectMeta, node_name: Option<&str>) -> Fields {
+    let mut fields: Fields = meta
         .managed_fields
         .iter()
         .flatten()
@@ -269,7 +348,7 @@ fn fields(o: &DynamicObject) -> Fields {
         })
         .collect();
     // A binding sets spec.nodeName without a managedFields entry of its own.
-    if let Some(node) = o.data.pointer("/spec/nodeName").and_then(|n| n.as_str()) {
+    if let Some(node) = node_name {
         fields.push((
             "kube-scheduler (binding)".into(),
             String::new(),
@@ -279,17 +358,84 @@ fn fields(o: &DynamicObject) -> Fields {
     fields
 }
 
+type Tally = Arc<Mutex<BTreeMap<String, u64>>>;
+/// The resources whose watch broke off, so that their writes were not all counted.
+type Lost = Arc<Mutex<Vec<&'static str>>>;
+
+fn count(tally: &Tally, key: String) {
+    *tally.lock().unwrap().entry(key).or_insert(0) += 1;
+}
+
+/// The writes to the objects of one resource, by writer: what each object looked like
+/// last (its managedFields, whether deletionTimestamp was set), by UID.
+struct Authors {
+    resource: &'static str,
+    last: HashMap<String, (Fields, bool)>,
+    tally: Tally,
+}
+
+impl Authors {
+    /// An object as it was before the count started.
+    fn known(&mut self, meta: &ObjectMeta, node_name: Option<&str>) {
+        let uid = meta.uid.clone().unwrap_or_default();
+        let deleting = meta.deletion_timestamp.is_some();
+        self.last.insert(uid, (fields(meta, node_name), deleting));
+    }
+
+    /// A write: a create when `created`, otherwise an update.
+    fn wrote(&mut self, meta: &ObjectMeta, node_name: Option<&str>, created: bool) {
+        let uid = meta.uid.clone().unwrap_or_default();
+        let f = fields(meta, node_name);
+        let deleting = meta.deletion_timestamp.is_some();
+        let before = self.last.get(&uid);
+        let verb = if created { "create" } else { "update" };
+        // A DELETE of a pod with a grace period is seen as an update that sets
+        // deletionTimestamp and changes no managedFields: the API server's, not a PATCH by
+        // the pod's last field manager. (An object not seen before that is being deleted is
+        // taken for one too: watched from now on, the first sign of a DELETE.)
+        let who = match before {
+            Some((prev, false)) if deleting && *prev == f => {
+                "the API server (deletionTimestamp of a DELETE)".to_string()
+            }
+            None if deleting && !created => {
+                "the API server (deletionTimestamp of a DELETE)".to_string()
+            }
+            _ => writer(before.map(|(f, _)| f), &f),
+        };
+        count(&self.tally, format!("{} {verb} by {who}", self.resource));
+        self.last.insert(uid, (f, deleting));
+    }
+
+    fn deleted(&mut self, meta: &ObjectMeta) {
+        self.last.remove(meta.uid.as_deref().unwrap_or_default());
+        count(&self.tally, format!("{} delete", self.resource));
+    }
+}
+
+/// The component that wrote an event.
+fn reporter(e: &CoreEvent) -> String {
+    e.reporting_component
+        .clone()
+        .filter(|c| !c.is_empty())
+        .or_else(|| e.source.as_ref().and_then(|s| s.component.clone()))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Counts the writes to pods, to the owner objects (`owner`) and to events in a namespace,
-/// from when [`WriteCounter::start`] returns until [`WriteCounter::stop`].
+/// from when [`WriteCounter::start`] (or [`WriteCounter::start_now`]) returns until
+/// [`WriteCounter::stop`].
 pub struct WriteCounter {
-    writes: Arc<Mutex<BTreeMap<String, u64>>>,
+    writes: Tally,
+    lost: Lost,
     tasks: Vec<JoinHandle<()>>,
     started: Instant,
 }
 
 impl WriteCounter {
+    /// Lists the namespace's objects first, so that each later write is told apart from
+    /// the state before it.
     pub async fn start(client: &Client, ns: &str, owner: &ApiResource) -> Result<Self> {
-        let writes = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writes, lost) = (Tally::default(), Lost::default());
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(3);
         let mut tasks = Vec::new();
         for (resource, ar) in [
@@ -297,19 +443,27 @@ impl WriteCounter {
             (owner_plural(owner), owner.clone()),
         ] {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-            let (writes, ready) = (writes.clone(), ready_tx.clone());
+            let ready = ready_tx.clone();
+            let mut authors = Authors {
+                resource,
+                last: HashMap::new(),
+                tally: writes.clone(),
+            };
             tasks.push(tokio::spawn(async move {
-                // managedFields and whether deletionTimestamp was set, per object.
-                let mut last: HashMap<String, (Fields, bool)> = HashMap::new();
                 let mut synced = false;
                 let mut events = watcher(api, watcher::Config::default())
                     .default_backoff()
                     .boxed();
+                let node = |o: &DynamicObject| {
+                    o.data
+                        .pointer("/spec/nodeName")
+                        .and_then(|n| n.as_str())
+                        .map(str::to_string)
+                };
                 while let Some(Ok(event)) = events.next().await {
                     match event {
                         watcher::Event::InitApply(o) => {
-                            let deleting = o.metadata.deletion_timestamp.is_some();
-                            last.insert(o.uid().unwrap_or_default(), (fields(&o), deleting));
+                            authors.known(&o.metadata, node(&o).as_deref())
                         }
                         watcher::Event::InitDone => {
                             if !synced {
@@ -319,35 +473,12 @@ impl WriteCounter {
                         }
                         watcher::Event::Init => {}
                         watcher::Event::Apply(o) => {
-                            let uid = o.uid().unwrap_or_default();
-                            let f = fields(&o);
-                            let deleting = o.metadata.deletion_timestamp.is_some();
-                            let before = last.get(&uid);
-                            let verb = if before.is_some() { "update" } else { "create" };
-                            // A DELETE of a pod with a grace period is seen as an update
-                            // that sets deletionTimestamp and changes no managedFields: the
-                            // API server's, not a PATCH by the pod's last field manager.
-                            let who = match before {
-                                Some((prev, false)) if deleting && *prev == f => {
-                                    "the API server (deletionTimestamp of a DELETE)".to_string()
-                                }
-                                _ => writer(before.map(|(f, _)| f), &f),
-                            };
-                            *writes
-                                .lock()
-                                .unwrap()
-                                .entry(format!("{resource} {verb} by {who}"))
-                                .or_insert(0) += 1;
-                            last.insert(uid, (f, deleting));
+                            let created = !authors
+                                .last
+                                .contains_key(o.metadata.uid.as_deref().unwrap_or_default());
+                            authors.wrote(&o.metadata, node(&o).as_deref(), created)
                         }
-                        watcher::Event::Delete(o) => {
-                            last.remove(&o.uid().unwrap_or_default());
-                            *writes
-                                .lock()
-                                .unwrap()
-                                .entry(format!("{resource} delete"))
-                                .or_insert(0) += 1;
-                        }
+                        watcher::Event::Delete(o) => authors.deleted(&o.metadata),
                     }
                 }
             }));
@@ -374,22 +505,12 @@ impl WriteCounter {
                         }
                         watcher::Event::Init | watcher::Event::Delete(_) => {}
                         watcher::Event::Apply(e) => {
-                            let who = e
-                                .reporting_component
-                                .clone()
-                                .filter(|c| !c.is_empty())
-                                .or_else(|| e.source.as_ref().and_then(|s| s.component.clone()))
-                                .unwrap_or_else(|| "?".into());
                             let verb = if known.insert(e.uid().unwrap_or_default()) {
                                 "create"
                             } else {
                                 "update"
                             };
-                            *writes
-                                .lock()
-                                .unwrap()
-                                .entry(format!("events {verb} by {who}"))
-                                .or_insert(0) += 1;
+                            count(&writes, format!("events {verb} by {}", reporter(&e)));
                         }
                     }
                 }
@@ -405,6 +526,89 @@ impl WriteCounter {
         }
         Ok(Self {
             writes,
+            lost,
+            tasks,
+            started: Instant::now(),
+        })
+    }
+
+    /// Watches from the namespace's current resourceVersion, without listing first: for a
+    /// namespace too large to list for every window (a fleet). Pods and owners are watched
+    /// as metadata; an update of an object not written since the start is credited to the
+    /// managers of its latest managedFields entries, and bindings are not seen.
+    pub async fn start_now(client: &Client, ns: &str, owner: &ApiResource) -> Result<Self> {
+        let (writes, lost) = (Tally::default(), Lost::default());
+        let mut tasks = Vec::new();
+        for (resource, ar) in [
+            ("pods", ApiResource::erase::<Pod>(&())),
+            (owner_plural(owner), owner.clone()),
+        ] {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+            let mut authors = Authors {
+                resource,
+                last: HashMap::new(),
+                tally: writes.clone(),
+            };
+            let version = current_version(&api).await?;
+            let lost = lost.clone();
+            tasks.push(tokio::spawn(async move {
+                watch_from(
+                    version,
+                    &lost,
+                    resource,
+                    |wp, v| {
+                        let api = api.clone();
+                        async move { api.watch_metadata(&wp, &v).await.map(StreamExt::boxed) }
+                    },
+                    |event| match event {
+                        WatchEvent::Added(o) => {
+                            authors.wrote(&o.metadata, None, true);
+                            o.metadata.resource_version
+                        }
+                        WatchEvent::Modified(o) => {
+                            authors.wrote(&o.metadata, None, false);
+                            o.metadata.resource_version
+                        }
+                        WatchEvent::Deleted(o) => {
+                            authors.deleted(&o.metadata);
+                            o.metadata.resource_version
+                        }
+                        WatchEvent::Bookmark(b) => Some(b.metadata.resource_version),
+                        WatchEvent::Error(_) => None,
+                    },
+                )
+                .await
+            }));
+        }
+        let api: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
+        let version = current_version(&api).await?;
+        let (tally, lost_events) = (writes.clone(), lost.clone());
+        tasks.push(tokio::spawn(async move {
+            watch_from(
+                version,
+                &lost_events,
+                "events",
+                |wp, v| {
+                    let api = api.clone();
+                    async move { api.watch(&wp, &v).await.map(StreamExt::boxed) }
+                },
+                |event| {
+                    let (verb, e) = match event {
+                        WatchEvent::Added(e) => ("create", e),
+                        WatchEvent::Modified(e) => ("update", e),
+                        WatchEvent::Deleted(e) => return e.metadata.resource_version,
+                        WatchEvent::Bookmark(b) => return Some(b.metadata.resource_version),
+                        WatchEvent::Error(_) => return None,
+                    };
+                    count(&tally, format!("events {verb} by {}", reporter(&e)));
+                    e.metadata.resource_version
+                },
+            )
+            .await
+        }));
+        Ok(Self {
+            writes,
+            lost,
             tasks,
             started: Instant::now(),
         })
@@ -417,6 +621,7 @@ impl WriteCounter {
             total: by_writer.values().sum(),
             by_writer,
             seconds: self.started.elapsed().as_secs_f64(),
+            lost: self.lost.lock().unwrap().clone(),
         }
     }
 
@@ -433,6 +638,53 @@ impl Drop for WriteCounter {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// The resourceVersion of a list of the collection now: a watch from it sees every later
+/// write.
+async fn current_version<K>(api: &Api<K>) -> Result<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list_metadata(&ListParams::default().limit(1)).await?;
+    list.metadata
+        .resource_version
+        .ok_or_else(|| anyhow::anyhow!("a list without a resourceVersion"))
+}
+
+/// Watches from `version` on, resuming from the last version seen whenever the API server
+/// ends the watch; `on` handles an event and returns its resourceVersion. A watch that
+/// cannot resume (its version compacted away) is noted in `lost`.
+async fn watch_from<T, S, F>(
+    mut version: String,
+    lost: &Lost,
+    resource: &'static str,
+    open: impl Fn(WatchParams, String) -> F,
+    mut on: impl FnMut(WatchEvent<T>) -> Option<String>,
+) where
+    S: futures::Stream<Item = kube::Result<WatchEvent<T>>> + Unpin,
+    F: std::future::Future<Output = kube::Result<S>>,
+{
+    loop {
+        let params = WatchParams::default().timeout(290);
+        let Ok(mut events) = open(params, version.clone()).await else {
+            lost.lock().unwrap().push(resource);
+            return;
+        };
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(WatchEvent::Error(_)) | Err(_) => {
+                    lost.lock().unwrap().push(resource);
+                    return;
+                }
+                Ok(event) => {
+                    if let Some(v) = on(event) {
+                        version = v;
+                    }
+                }
+            }
         }
     }
 }
