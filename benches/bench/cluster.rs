@@ -15,6 +15,7 @@ use kube::{Client, Config};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::operator::Metrics;
 use crate::placement::on_kwok_nodes;
 
 /// Label on every namespace of a run (value: the run id), for finding leftovers by hand.
@@ -136,6 +137,16 @@ impl Cluster {
     /// controller then finishes in the background: [`Cluster::wait_gone`] waits for that).
     /// Returns how long the pods took to go.
     pub async fn delete_namespace(&self, name: &str, timeout: Duration) -> Result<Duration> {
+        self.delete_namespace_reporting(name, timeout, |_| {}).await
+    }
+
+    /// [`Cluster::delete_namespace`], telling `progress` every 5 s how many pods are left.
+    pub async fn delete_namespace_reporting(
+        &self,
+        name: &str,
+        timeout: Duration,
+        progress: impl Fn(usize),
+    ) -> Result<Duration> {
         let start = Instant::now();
         // The namespace controller starts only after some seconds: remove the owners, then
         // the pods at once (no grace period; nothing runs), then the namespace.
@@ -146,23 +157,41 @@ impl Cluster {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), name);
         let _ = crs.delete_collection(&background, &all).await;
         let _ = rss.delete_collection(&background, &all).await;
-        let _ = pods
-            .delete_collection(&DeleteParams::default().grace_period(0), &all)
-            .await;
+        // A deletecollection ends at the API server's request timeout (a minute), which
+        // tens of thousands of pods outlast: it is sent again until none are left.
+        let purge = || {
+            let pods = pods.clone();
+            tokio::spawn(async move {
+                let now = DeleteParams::default().grace_period(0);
+                let _ = pods.delete_collection(&now, &ListParams::default()).await;
+            })
+        };
+        let mut purging = purge();
         let api: Api<Namespace> = Api::all(self.client.clone());
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e).with_context(|| format!("delete namespace {name}")),
         }
-        let one = ListParams::default().limit(1);
-        while !pods.list_metadata(&one).await?.items.is_empty() {
-            if start.elapsed() > timeout {
-                bail!("namespace {name} still has pods {timeout:?} after its deletion");
+        let mut next_line = start + Duration::from_secs(5);
+        loop {
+            let left = pods_left(&pods).await?;
+            if left == 0 {
+                return Ok(start.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if start.elapsed() > timeout {
+                bail!("namespace {name} still has {left} pods {timeout:?} after its deletion");
+            }
+            if Instant::now() >= next_line {
+                progress(left);
+                next_line += Duration::from_secs(5);
+            }
+            if purging.is_finished() {
+                purging = purge();
+            }
+            let poll = if left > 1000 { 500 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(poll)).await;
         }
-        Ok(start.elapsed())
     }
 
     /// Waits until every namespace this run deleted is gone.
@@ -202,6 +231,13 @@ impl Cluster {
             .map(|v| v.git_version)
             .unwrap_or_else(|_| "?".into())
     }
+}
+
+/// How many pods `pods` has: the API server counts them (one item and the rest's count).
+pub async fn pods_left(pods: &Api<Pod>) -> Result<usize> {
+    let list = pods.list_metadata(&ListParams::default().limit(1)).await?;
+    let rest = list.metadata.remaining_item_count.unwrap_or(0);
+    Ok(list.items.len() + usize::try_from(rest).unwrap_or(0))
 }
 
 /// What one run makes: `objects` CraneReplicaSets or ReplicaSets of `replicas` pods each
@@ -288,42 +324,59 @@ pub async fn create_workload(
     } else {
         (0..w.objects).map(|i| format!("{prefix}-{i:03}")).collect()
     };
-    let (replicas, unscheduled) = (w.replicas, w.unscheduled);
     match w.variant {
-        Variant::Crane => {
-            let api: Api<CraneReplicaSet> = Api::namespaced(client.clone(), ns);
-            stream::iter(names)
-                .map(|name| {
-                    let api = api.clone();
-                    async move {
-                        api.create(&post(), &crane(&name, replicas, unscheduled)?)
-                            .await
-                            .with_context(|| format!("create CraneReplicaSet {name}"))
-                    }
-                })
-                .buffer_unordered(parallel.max(1))
-                .try_collect::<Vec<_>>()
-                .await?;
-        }
-        Variant::Native => {
-            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-            stream::iter(names)
-                .map(|name| {
-                    let api = api.clone();
-                    async move {
-                        api.create(&post(), &replica_set(&name, replicas, unscheduled)?)
-                            .await
-                            .with_context(|| format!("create ReplicaSet {name}"))
-                    }
-                })
-                .buffer_unordered(parallel.max(1))
-                .try_collect::<Vec<_>>()
-                .await?;
-        }
         Variant::Raw => {
-            create_raw_pods(client, ns, prefix, w.pods(), unscheduled, parallel).await?
+            create_raw_pods(client, ns, prefix, w.pods(), w.unscheduled, parallel).await
+        }
+        owner => {
+            create_owners(
+                client,
+                ns,
+                owner,
+                names,
+                w.replicas,
+                w.unscheduled,
+                parallel,
+            )
+            .await
         }
     }
+}
+
+/// Creates CraneReplicaSets (`Crane`) or ReplicaSets (`Native`) of `replicas` pods, one per
+/// name, `parallel` requests at a time.
+pub async fn create_owners(
+    client: &Client,
+    ns: &str,
+    variant: Variant,
+    names: Vec<String>,
+    replicas: usize,
+    unscheduled: bool,
+    parallel: usize,
+) -> Result<()> {
+    let crs: Api<CraneReplicaSet> = Api::namespaced(client.clone(), ns);
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    stream::iter(names)
+        .map(|name| {
+            let (crs, rss) = (crs.clone(), rss.clone());
+            async move {
+                match variant {
+                    Variant::Native => rss
+                        .create(&post(), &replica_set(&name, replicas, unscheduled)?)
+                        .await
+                        .map(drop)
+                        .with_context(|| format!("create ReplicaSet {name}")),
+                    _ => crs
+                        .create(&post(), &crane(&name, replicas, unscheduled)?)
+                        .await
+                        .map(drop)
+                        .with_context(|| format!("create CraneReplicaSet {name}")),
+                }
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(())
 }
 
@@ -371,6 +424,34 @@ impl Component {
                     .flatten()
             })
         })
+    }
+
+    /// Its Prometheus metrics from its secure port, when anyone may read them
+    /// (`--authorization-always-allow-paths` names /metrics, as the local cluster's
+    /// kube-controller-manager's does); its serving certificate is not checked.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let open = self
+            .flag("authorization-always-allow-paths")
+            .is_some_and(|p| p.split(',').any(|p| p == "/metrics"));
+        if !open {
+            bail!(
+                "{} does not serve /metrics without authorization",
+                self.name
+            );
+        }
+        let port = self.flag("secure-port").unwrap_or_else(|| "10257".into());
+        let host = self
+            .flag("bind-address")
+            .filter(|a| !a.is_empty() && a != "0.0.0.0" && a != "::")
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let mut config = Config::new(format!("https://{host}:{port}").parse()?);
+        config.accept_invalid_certs = true;
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = Client::try_from(config)?
+            .request_text(request)
+            .await
+            .with_context(|| format!("GET /metrics of {}", self.name))?;
+        Ok(Metrics(text))
     }
 
     /// `flag=value`, or `flag=default (default)` when not given.

@@ -27,9 +27,22 @@ impl Operator {
     /// Starts `crane-operator run` for one namespace and waits until /readyz says its
     /// caches have synced.
     pub async fn start(bin: &Path, ns: &str, concurrency: u16, log_dir: &Path) -> Result<Self> {
+        Self::start_logged(bin, ns, ns, concurrency, log_dir, Duration::from_secs(60)).await
+    }
+
+    /// [`Operator::start`] with its log in `<log_dir>/<log>.log`, allowing `ready_within`
+    /// for its caches to sync.
+    pub async fn start_logged(
+        bin: &Path,
+        ns: &str,
+        log: &str,
+        concurrency: u16,
+        log_dir: &Path,
+        ready_within: Duration,
+    ) -> Result<Self> {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         std::fs::create_dir_all(log_dir)?;
-        let log = log_dir.join(format!("{ns}.log"));
+        let log = log_dir.join(format!("{log}.log"));
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let child = Command::new(bin)
             .args(["run", "--namespace", ns, "--metrics-addr"])
@@ -50,7 +63,7 @@ impl Operator {
             metrics_addr,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Some(status) = op.child.try_wait()? {
                 bail!(
@@ -63,7 +76,7 @@ impl Operator {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "crane-operator not ready after 60 s; see {}",
+                    "crane-operator not ready after {ready_within:?}; see {}",
                     op.log.display()
                 );
             }
@@ -150,6 +163,14 @@ impl Metrics {
                     .flatten()
             })
             .sum()
+    }
+
+    /// How many series `name` has (e.g. one per object).
+    pub fn series(&self, name: &str) -> usize {
+        self.0
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .count()
     }
 
     /// The sample of `name` whose labels contain `label` (e.g. `result="success"`).
