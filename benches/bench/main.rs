@@ -5,7 +5,8 @@
 //! that namespace (`run --namespace`), the native controller is the one already running in
 //! the cluster's kube-controller-manager. Scenarios: scale-up (0 → N Ready), fan-out (many
 //! small objects), recovery (a deleted pod replaced), steady state (writes, CPU and memory
-//! with 10,000 pods).
+//! with 10,000 pods); and, only when asked for (`--only fleet`, make bench-fleet), the fleet:
+//! 10,000 objects × 10 pods grown from 1,000 pods, cold start, 10 % deleted (fleet.rs).
 //!
 //! ```text
 //! cargo bench --bench bench -- [--smoke] [--sizes 100,500,1000] [--rounds 3] ...
@@ -15,7 +16,9 @@
 //! to target/bench/logs/. Exits non-zero when a scenario failed (the report says which).
 //! `--smoke` is a tiny run that checks the harness works, not timings (make bench-smoke).
 
+mod census;
 mod cluster;
+mod fleet;
 mod operator;
 #[path = "../../tests/e2e/placement.rs"]
 mod placement;
@@ -74,7 +77,21 @@ struct Opts {
     /// crane-operator --concurrency (= kube-controller-manager --concurrent-replicaset-syncs).
     #[arg(long, default_value_t = 5)]
     concurrency: u16,
-    /// Scenarios to run (default all): scale-up, fan-out, recovery, steady.
+    /// The fleet: OBJECTSxPODS at its largest (default 10000x10: 100,000 pods).
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Fleet sizes (pods) it grows through, each a whole number of objects (default: 1 %,
+    /// 10 % and all of the fleet).
+    #[arg(long, value_delimiter = ',')]
+    fleet_steps: Option<Vec<usize>>,
+    /// Samples of each pass-cost probe at each fleet size.
+    #[arg(long, default_value_t = 5)]
+    fleet_probes: usize,
+    /// Seconds of the fleet's steady-state window.
+    #[arg(long, default_value_t = 60.0)]
+    fleet_window: f64,
+    /// Scenarios to run (default all but fleet): scale-up, fan-out, recovery, steady,
+    /// fleet (only when named: 100,000 pods take a long while).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Where the report goes.
@@ -88,18 +105,56 @@ struct Opts {
     bench: bool,
 }
 
+/// `OBJECTSxPODS`, e.g. 200x5.
+fn objects_by_pods(flag: &str, s: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = s
+        .split_once('x')
+        .and_then(|(o, r)| Some((o.parse().ok()?, r.parse().ok()?)));
+    match parsed {
+        Some((o, r)) if o > 0 && r > 0 => Ok((o, r)),
+        _ => anyhow::bail!("{flag} wants OBJECTSxPODS (both > 0), not {s}"),
+    }
+}
+
+/// The objects of the fleet at each step: the sizes asked for (pods, whole objects), or 1 %
+/// and 10 % of it; always ending with the whole fleet.
+fn fleet_steps(
+    objects: usize,
+    replicas: usize,
+    pods: Option<&[usize]>,
+) -> anyhow::Result<Vec<usize>> {
+    let mut steps = match pods {
+        Some(pods) => pods
+            .iter()
+            .map(|&p| {
+                if p == 0 || p % replicas != 0 || p > objects * replicas {
+                    anyhow::bail!(
+                        "--fleet-steps: {p} pods is not a whole number of objects of {replicas} pods, up to {}",
+                        objects * replicas
+                    )
+                }
+                Ok(p / replicas)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![(objects / 100).max(1), (objects / 10).max(1)],
+    };
+    steps.push(objects);
+    steps.sort_unstable();
+    steps.dedup();
+    Ok(steps)
+}
+
 impl Opts {
     fn plan(&self) -> anyhow::Result<Plan> {
         let smoke = self.smoke;
         let (fo, fr) = match &self.fanout {
-            Some(s) => {
-                let (o, r) = s
-                    .split_once('x')
-                    .ok_or_else(|| anyhow::anyhow!("--fanout wants OBJECTSxREPLICAS, not {s}"))?;
-                (o.parse()?, r.parse()?)
-            }
+            Some(s) => objects_by_pods("--fanout", s)?,
             None if smoke => (3, 2),
             None => (200, 5),
+        };
+        let (fleet_objects, fleet_replicas) = match &self.fleet {
+            Some(s) => objects_by_pods("--fleet", s)?,
+            None => (10_000, 10),
         };
         Ok(Plan {
             profile: if smoke { "smoke" } else { "full" },
@@ -124,13 +179,21 @@ impl Opts {
             raw_concurrency: self.raw_concurrency.or(if smoke { Some(8) } else { None }),
             concurrency: self.concurrency,
             object_parallelism: 16,
+            fleet_objects,
+            fleet_replicas,
+            fleet_steps: fleet_steps(fleet_objects, fleet_replicas, self.fleet_steps.as_deref())?,
+            fleet_probes: self.fleet_probes.max(1),
+            fleet_window_s: self.fleet_window,
         })
     }
 
+    /// Whether to run `scenario`: every one by default, except the fleet, which runs only
+    /// when named in --only.
     fn runs(&self, scenario: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|s| s == scenario))
+        match &self.only {
+            Some(only) => only.iter().any(|s| s == scenario),
+            None => scenario != "fleet",
+        }
     }
 }
 
@@ -157,6 +220,18 @@ async fn main() -> ExitCode {
 async fn run(opts: Opts) -> anyhow::Result<bool> {
     let started = Instant::now();
     let plan = opts.plan()?;
+    const SCENARIOS: [&str; 5] = ["scale-up", "fan-out", "recovery", "steady", "fleet"];
+    if let Some(unknown) = opts
+        .only
+        .iter()
+        .flatten()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        anyhow::bail!(
+            "--only: no scenario {unknown} (there are {})",
+            SCENARIOS.join(", ")
+        );
+    }
     let run_id = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -184,7 +259,7 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         raw: AtomicUsize::new(plan.raw_concurrency.unwrap_or(32)),
     };
     let mut report = Report::new(&bench, scheduler).await;
-    report.scenarios = ["scale-up", "fan-out", "recovery", "steady"]
+    report.scenarios = SCENARIOS
         .into_iter()
         .filter(|s| opts.runs(s))
         .map(String::from)
@@ -198,17 +273,23 @@ async fn run(opts: Opts) -> anyhow::Result<bool> {
         report.cluster.kcm_flags,
         bench.operator_bin.display()
     ));
-    let needed = plan
-        .sizes
-        .iter()
-        .copied()
-        // (The steady-state pods are never scheduled: they need no room on nodes.)
-        .chain([
+    // The pods that need room on nodes: the fleet's and the steady state's are never
+    // scheduled.
+    let needed = [
+        (
+            opts.runs("scale-up"),
+            plan.sizes.iter().copied().max().unwrap_or(0),
+        ),
+        (
+            opts.runs("fan-out"),
             plan.fanout_objects * plan.fanout_replicas,
-            plan.recovery_replicas,
-        ])
-        .max()
-        .unwrap_or(0);
+        ),
+        (opts.runs("recovery"), plan.recovery_replicas),
+    ]
+    .into_iter()
+    .filter_map(|(runs, pods)| runs.then_some(pods))
+    .max()
+    .unwrap_or(0);
     if report.cluster.pod_capacity < needed {
         anyhow::bail!(
             "the cluster's Ready kwok nodes hold {} pods, the plan needs {needed}: make bench starts a \
@@ -442,6 +523,40 @@ async fn scenarios_all(bench: &Bench, opts: &Opts, report: &mut Report) {
                 }
                 Err(e) => {
                     let msg = format!("steady state {}: {e:#}", variant.name());
+                    eprintln!("[bench] FAILED {msg}");
+                    report.failures.push(msg);
+                }
+            }
+        }
+    }
+
+    if opts.runs("fleet") {
+        // The native fleet first, while kube-controller-manager has cached no fleet yet (Go
+        // is slow to give memory back); crane-operator is a fresh process either way.
+        for variant in [Variant::Native, Variant::Crane] {
+            if let Err(e) = bench.cluster.wait_gone(Duration::from_secs(600)).await {
+                report
+                    .failures
+                    .push(format!("before the {} fleet: {e:#}", variant.name()));
+            }
+            bench.progress(format!(
+                "fleet {}: {} objects × {} pods, grown through {:?} objects",
+                variant.name(),
+                plan.fleet_objects,
+                plan.fleet_replicas,
+                plan.fleet_steps
+            ));
+            match bench.fleet(variant).await {
+                Ok(run) => {
+                    if let Some(e) = &run.error {
+                        let msg = format!("fleet {}: {e}", variant.name());
+                        eprintln!("[bench] FAILED {msg}");
+                        report.failures.push(msg);
+                    }
+                    report.fleet.push(run);
+                }
+                Err(e) => {
+                    let msg = format!("fleet {}: {e:#}", variant.name());
                     eprintln!("[bench] FAILED {msg}");
                     report.failures.push(msg);
                 }

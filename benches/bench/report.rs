@@ -1,4 +1,6 @@
-//! report.md, report.json and ready-over-time.png.
+//! report.md, report.json, ready-over-time.png and (the fleet's) fleet-cost.png.
+
+mod fleet;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +12,7 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::cluster::{Component, Variant};
+use crate::fleet::FleetRun;
 use crate::placement::KWOK_NODE_LABEL;
 use crate::scenarios::{Bench, Plan, RawTuning, Recovery, Run, Steady, median};
 
@@ -78,6 +81,7 @@ pub struct Report {
     pub fan_out: Vec<Run>,
     pub recovery: Vec<Recovery>,
     pub steady: Vec<Run>,
+    pub fleet: Vec<FleetRun>,
     pub failures: Vec<String>,
     pub wall_s: f64,
     /// The scenarios this run was asked for.
@@ -223,6 +227,7 @@ impl Report {
             fan_out: Vec::new(),
             recovery: Vec::new(),
             steady: Vec::new(),
+            fleet: Vec::new(),
             failures: Vec::new(),
             wall_s: 0.0,
             scenarios: Vec::new(),
@@ -251,6 +256,12 @@ impl Report {
             Ok(true) => files.push(png),
             Ok(false) => {}
             Err(e) => eprintln!("[bench] chart: {e:#}"),
+        }
+        let png = dir.join(fleet::CHART);
+        match self.fleet_chart(&png) {
+            Ok(true) => files.push(png),
+            Ok(false) => {}
+            Err(e) => eprintln!("[bench] fleet chart: {e:#}"),
         }
         Ok(files)
     }
@@ -346,9 +357,15 @@ impl Report {
                 }
             }
         }
+        if ran("fleet") {
+            problems.extend(self.fleet_problems());
+        }
         let mut expected = vec!["report.md", "report.json"];
         if ran("scale-up") {
             expected.push("ready-over-time.png");
+        }
+        if ran("fleet") {
+            expected.push(fleet::CHART);
         }
         for name in expected {
             let ok = files.iter().any(|f| {
@@ -429,31 +446,12 @@ impl Report {
             "- **native**: the apps/v1 ReplicaSet controller of the cluster's kube-controller-manager: `{}` (client-go's defaults are qps 20 / burst 30, which would throttle it; raised for a fair match).",
             c.kcm_flags
         )?;
-        let tuning = self
-            .raw_tuning
-            .iter()
-            .map(|t| format!("{} → {:.0} creates/s", t.concurrency, t.pods_per_s))
-            .collect::<Vec<_>>()
-            .join(", ");
-        writeln!(
-            s,
-            "- **raw**: the bench itself creating bare pods, {} requests in flight{}: the API server's limit on this machine.",
-            self.raw_concurrency,
-            if tuning.is_empty() {
-                String::new()
-            } else {
-                format!(" (tuned: {tuning})")
-            }
-        )?;
-        writeln!(
-            s,
-            "- kube-scheduler binds every pod in all three cases: `{}`. CraneReplicaSets run with `service.enabled: false` (a ReplicaSet makes no Service either).",
-            c.scheduler_flags
-        )?;
-        writeln!(
-            s,
-            "- Each run: a fresh namespace, deleted after the run; the next run starts once its pods are gone (teardown; the namespace controller finishes in the background, and every namespace is gone before the steady-state step). Times from the first create request until the bench's own pod watch shows every pod Ready. Rounds alternate the contenders in a rotating order; tables show medians. Ratios are time ratios: below 1.0 crane is faster.\n"
-        )?;
+        // The raw baseline, scheduling and rounds are no part of a run of the fleet alone.
+        if self.scenarios.iter().all(|x| x == "fleet") {
+            writeln!(s)?;
+        } else {
+            self.write_setup_of_runs(s)?;
+        }
 
         if !self.scale_up.is_empty() {
             writeln!(
@@ -551,6 +549,7 @@ impl Report {
         }
 
         self.write_steady(s)?;
+        self.write_fleet(s)?;
         self.write_where(s)?;
         self.write_rounds(s)?;
 
@@ -561,6 +560,38 @@ impl Report {
             }
             writeln!(s)?;
         }
+        Ok(())
+    }
+
+    /// The raw baseline, kube-scheduler and how each run is timed (the scenarios but the
+    /// fleet).
+    fn write_setup_of_runs(&self, s: &mut String) -> std::fmt::Result {
+        let c = &self.cluster;
+        let tuning = self
+            .raw_tuning
+            .iter()
+            .map(|t| format!("{} → {:.0} creates/s", t.concurrency, t.pods_per_s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            s,
+            "- **raw**: the bench itself creating bare pods, {} requests in flight{}: the API server's limit on this machine.",
+            self.raw_concurrency,
+            if tuning.is_empty() {
+                String::new()
+            } else {
+                format!(" (tuned: {tuning})")
+            }
+        )?;
+        writeln!(
+            s,
+            "- kube-scheduler binds every pod in all three cases: `{}`. CraneReplicaSets run with `service.enabled: false` (a ReplicaSet makes no Service either).",
+            c.scheduler_flags
+        )?;
+        writeln!(
+            s,
+            "- Each run: a fresh namespace, deleted after the run; the next run starts once its pods are gone (teardown; the namespace controller finishes in the background, and every namespace is gone before the steady-state step). Times from the first create request until the bench's own pod watch shows every pod Ready. Rounds alternate the contenders in a rotating order; tables show medians. Ratios are time ratios: below 1.0 crane is faster.\n"
+        )?;
         Ok(())
     }
 

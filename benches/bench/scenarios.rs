@@ -37,8 +37,17 @@ pub struct Plan {
     /// crane-operator --concurrency (kube-controller-manager --concurrent-replicaset-syncs).
     pub concurrency: u16,
     /// Parallel requests with which the bench creates the CraneReplicaSets / ReplicaSets
-    /// of the fan-out.
+    /// of the fan-out and the fleet.
     pub object_parallelism: usize,
+    /// The fleet at its largest: objects × pods each (fleet.rs).
+    pub fleet_objects: usize,
+    pub fleet_replicas: usize,
+    /// The objects of the fleet at each step it grows through (the last is `fleet_objects`).
+    pub fleet_steps: Vec<usize>,
+    /// Samples of each pass-cost probe at each step.
+    pub fleet_probes: usize,
+    /// Seconds of the fleet's steady-state window.
+    pub fleet_window_s: f64,
 }
 
 pub struct Bench {
@@ -181,7 +190,7 @@ pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-fn owner_resource(variant: Variant) -> ApiResource {
+pub fn owner_resource(variant: Variant) -> ApiResource {
     match variant {
         Variant::Native => ApiResource::erase::<ReplicaSet>(&()),
         _ => ApiResource::erase::<CraneReplicaSet>(&()),
