@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-smoke build image deploy
+.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-fleet bench-smoke build image deploy
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -84,6 +84,13 @@ BENCH_ARGS ?=
 bench: ## Benchmarks vs the native ReplicaSet controller and raw pod creation: target/bench/report.md
 	CRANE_NODES=$(BENCH_NODES) CRANE_EXTRA_ARGS="$(BENCH_CLUSTER_ARGS)" tests/cluster/up.sh
 	source tests/cluster/env.sh && $(CARGO) bench --locked --bench bench -- $(BENCH_ARGS)
+
+# Not in make bench (nor make test): 100,000 pods take the 2-core machine most of an hour.
+# FLEET=OBJECTSxPODS sets the size; the report goes to target/bench-fleet/.
+FLEET ?= 10000x10
+
+bench-fleet: ## The fleet step: 10,000 objects x 10 pods vs kube-controller-manager (FLEET=); target/bench-fleet/report.md
+	$(MAKE) bench BENCH_ARGS="--only fleet --fleet $(FLEET) --out target/bench-fleet $(BENCH_ARGS)"
 
 bench-smoke: cluster ## A tiny run of the benchmark harness (checks that it works, not timings)
 	source tests/cluster/env.sh && $(CARGO) test --locked --bench bench -- --smoke --out target/bench-smoke
