@@ -86,9 +86,15 @@ pub struct Probe {
     pub noop_pass_ms: Option<f64>,
 }
 
-/// A window over the converged fleet.
+/// A window over the converged fleet, once the namespace has gone quiet.
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetWindow {
+    /// From the end of the last probe until no write for [`QUIET`] (at most
+    /// [`Bench::settle_limit`]): what the controller still wrote after converging, such as
+    /// events it had queued.
+    pub settle_s: f64,
+    pub quiet: bool,
+    pub settling: Writes,
     pub writes: Writes,
     pub cpu_s: Option<f64>,
     /// Passes in the window and their mean duration.
@@ -136,6 +142,8 @@ const DELETE_PARALLELISM: usize = 64;
 /// A wait fails when what it waits for has not moved for this long.
 const STALL: Duration = Duration::from_secs(120);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// A namespace without a write for this long has settled.
+const QUIET: Duration = Duration::from_secs(5);
 
 /// What every phase of one contender's fleet works with.
 struct Fleet<'a> {
@@ -312,11 +320,6 @@ impl Bench {
             run.steps.push(step);
         }
 
-        self.progress(format!(
-            "fleet {}: steady state, a {:.0} s window",
-            variant.name(),
-            plan.fleet_window_s
-        ));
         let steady = self.fleet_window(f).await?;
         self.progress(format!(
             "fleet {}: steady state: {} writes ({:.1}/min), {} passes",
@@ -531,15 +534,49 @@ impl Bench {
         Ok(probe)
     }
 
+    /// How long the fleet may take to go quiet before the steady-state window starts anyway.
+    fn settle_limit(&self) -> Duration {
+        Duration::from_secs(120) + Duration::from_millis(50 * self.plan.fleet_objects as u64)
+    }
+
     async fn fleet_window(&self, f: &Fleet<'_>) -> Result<FleetWindow> {
         let (ns, variant, ctl) = (f.ns, f.variant, &f.ctl);
-        let counter =
-            WriteCounter::start_now(&self.cluster.client, ns, &owner_resource(variant)).await?;
+        let (client, owner) = (&self.cluster.client, owner_resource(variant));
+        let counter = WriteCounter::start_now(client, ns, &owner).await?;
+        let (t0, limit) = (Instant::now(), self.settle_limit());
+        let (mut last, mut quiet_since, mut next_line) = (0, t0, t0 + 2 * PROGRESS_EVERY);
+        while quiet_since.elapsed() < QUIET && t0.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let total = counter.snapshot().total;
+            if total != last {
+                (last, quiet_since) = (total, Instant::now());
+            }
+            if Instant::now() >= next_line {
+                self.progress(format!(
+                    "fleet {}: waiting for the namespace to go quiet: {total} writes since convergence",
+                    variant.name()
+                ));
+                next_line += PROGRESS_EVERY;
+            }
+        }
+        let quiet = quiet_since.elapsed() >= QUIET;
+        let (settle_s, settling) = ((quiet_since - t0).as_secs_f64(), counter.stop());
+        self.progress(format!(
+            "fleet {}: {} writes after convergence, over {settle_s:.1} s{}; steady state, a {:.0} s window",
+            variant.name(),
+            settling.total,
+            if quiet { "" } else { " (not quiet yet)" },
+            self.plan.fleet_window_s
+        ));
+        let counter = WriteCounter::start_now(client, ns, &owner).await?;
         let (usage0, passes0) = (ctl.usage(), ctl.passes().await);
         tokio::time::sleep(Duration::from_secs_f64(self.plan.fleet_window_s)).await;
         let (usage, passes1) = (ctl.usage(), ctl.passes().await);
         let (passes, pass_ms) = mean_pass(passes0, passes1);
         Ok(FleetWindow {
+            settle_s,
+            quiet,
+            settling,
             writes: counter.stop(),
             cpu_s: cpu_between(usage0, usage),
             passes,

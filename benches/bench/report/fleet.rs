@@ -224,6 +224,19 @@ impl Report {
             let cell = |r: Option<&FleetRun>| r.and_then(f).unwrap_or_else(|| "–".into());
             writeln!(s, "| {label} | {} | {} |", cell(c), cell(na))
         };
+        row(
+            s,
+            "after converging: writes until quiet (no write for 5 s), over s",
+            &|r| {
+                let w = r.steady.as_ref()?;
+                let more = if w.quiet { "" } else { ", not quiet yet" };
+                Some(format!(
+                    "{} over {}{more}",
+                    w.settling.total,
+                    f1(w.settle_s)
+                ))
+            },
+        )?;
         let window = p_window(c.or(na));
         row(
             s,
@@ -304,6 +317,10 @@ impl Report {
         for r in [c, na].into_iter().flatten() {
             let name = r.variant.name();
             for (what, w) in [
+                (
+                    "settling after convergence",
+                    r.steady.as_ref().map(|w| &w.settling),
+                ),
                 ("steady-state window", r.steady.as_ref().map(|w| &w.writes)),
                 ("cold start", r.cold_start.as_ref().map(|c| &c.writes)),
                 ("10 % deletion", r.recovery.as_ref().map(|d| &d.writes)),
