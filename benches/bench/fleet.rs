@@ -64,6 +64,9 @@ pub struct FleetStep {
     pub cpu_s: Option<f64>,
     /// The controller's process after the step (native: kube-controller-manager).
     pub usage: Option<Usage>,
+    /// kube-apiserver's CPU seconds over the same time, and the process after the step.
+    pub apiserver_cpu_s: Option<f64>,
+    pub apiserver_usage: Option<Usage>,
     pub probe: Probe,
 }
 
@@ -420,7 +423,7 @@ impl Bench {
             thousands(target)
         ));
         let created_before = pods.with(|c| c.created);
-        let usage_before = ctl.usage();
+        let (usage_before, apiserver_before) = (ctl.usage(), self.apiserver_usage());
         let t0 = Instant::now();
         let names = (made..objects).map(object_name).collect();
         let create = cluster::create_owners(
@@ -455,7 +458,7 @@ impl Bench {
         let created_s = t0.elapsed().as_secs_f64();
         self.all_correct(variant, owners, objects).await?;
         let status_s = t0.elapsed().as_secs_f64();
-        let usage = ctl.usage();
+        let (usage, apiserver_usage) = (ctl.usage(), self.apiserver_usage());
         // Late creations of an overshoot would show within this.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let created = pods.with(|c| c.created) - created_before;
@@ -469,6 +472,8 @@ impl Bench {
             extra_pods: created.saturating_sub(added as u64),
             cpu_s: cpu_between(usage_before, usage),
             usage,
+            apiserver_cpu_s: cpu_between(apiserver_before, apiserver_usage),
+            apiserver_usage,
             probe,
         })
     }

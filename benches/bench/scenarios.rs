@@ -207,7 +207,7 @@ impl Bench {
         self.kcm.as_ref().and_then(|k| Usage::of(k.pid).ok())
     }
 
-    fn apiserver_usage(&self) -> Option<Usage> {
+    pub fn apiserver_usage(&self) -> Option<Usage> {
         self.apiserver.as_ref().and_then(|k| Usage::of(k.pid).ok())
     }
 

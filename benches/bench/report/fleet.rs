@@ -139,18 +139,26 @@ impl Report {
         writeln!(s, "### Growing the fleet\n")?;
         writeln!(
             s,
-            "| fleet pods | crane: new pods created, s | native, s | crane pods/s | native pods/s | crane/native | crane: every status correct, s | native, s |"
+            "| fleet pods | crane: new pods created, s | native, s | crane pods/s | native pods/s | crane/native | crane: every status correct, s | native, s | kube-apiserver CPU s per 1,000 pods added: crane | native | kube-apiserver RSS after, MiB: crane | native |"
         )?;
-        writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(
+            s,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )?;
         for &n in &sizes {
             let (c, na) = (
                 self.fleet_step(Variant::Crane, n),
                 self.fleet_step(Variant::Native, n),
             );
             let created = |st: Option<&FleetStep>| st.map(|st| st.created_s);
+            let api_cpu = |st: Option<&FleetStep>| {
+                st.and_then(|st| per_thousand(st.apiserver_cpu_s, st.added))
+            };
+            let api_rss =
+                |st: Option<&FleetStep>| st.and_then(|st| st.apiserver_usage.map(|u| u.rss_mib));
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 thousands(n),
                 opt(created(c), f1),
                 opt(created(na), f1),
@@ -159,6 +167,10 @@ impl Report {
                 opt(created(c).zip(created(na)).map(|(c, n)| c / n), f2),
                 opt(c.map(|st| st.status_s), f1),
                 opt(na.map(|st| st.status_s), f1),
+                opt(api_cpu(c), f2),
+                opt(api_cpu(na), f2),
+                opt(api_rss(c), f0),
+                opt(api_rss(na), f0),
             )?;
         }
         writeln!(
