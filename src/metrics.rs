@@ -91,6 +91,13 @@ pub struct Metrics {
     pub replicas_desired: Family<ObjectLabels, Gauge>,
     /// `status.readyReplicas` of each CraneReplicaSet, as of its last pass.
     pub replicas_ready: Family<ObjectLabels, Gauge>,
+    /// Objects triggered and waiting for their pass (controller-runtime's `workqueue_depth`).
+    pub workqueue_depth: Gauge,
+    /// From an object's first trigger to the start of its pass (controller-runtime's
+    /// `workqueue_queue_duration_seconds`).
+    pub workqueue_queue_duration: Histogram,
+    /// When each waiting object was first triggered.
+    queued: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Default for Metrics {
@@ -186,7 +193,22 @@ impl Default for Metrics {
             "Ready pods of each CraneReplicaSet, as its status says",
             replicas_ready.clone(),
         );
+        let workqueue_depth = Gauge::default();
+        registry.register(
+            "workqueue_depth",
+            "CraneReplicaSets triggered (by a change of theirs, their pods or Service) and waiting for their pass",
+            workqueue_depth.clone(),
+        );
+        let workqueue_queue_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "workqueue_queue_duration_seconds",
+            "Time from a CraneReplicaSet's trigger to the start of its pass",
+            workqueue_queue_duration.clone(),
+        );
         Self {
+            workqueue_depth,
+            workqueue_queue_duration,
+            queued: Default::default(),
             registry: root,
             reconciles,
             reconcile_errors,
@@ -224,8 +246,27 @@ impl Metrics {
         Working(&self.active_workers)
     }
 
+    /// `key` was triggered: it waits for a pass from now, unless it was waiting already.
+    pub fn enqueued(&self, key: String) {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        queued.entry(key).or_insert_with(std::time::Instant::now);
+        self.workqueue_depth.set(queued.len() as i64);
+    }
+
+    /// The pass of `key` starts: how long it waited goes into the queue histogram. A pass
+    /// that no trigger asked for (a requeue coming due) waited for nothing.
+    pub fn dequeued(&self, key: &str) {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = queued.remove(key) {
+            self.workqueue_queue_duration
+                .observe(since.elapsed().as_secs_f64());
+        }
+        self.workqueue_depth.set(queued.len() as i64);
+    }
+
     /// Drops the series of a CraneReplicaSet that is gone.
     pub fn forget_replicas(&self, namespace: &str, name: &str) {
+        self.dequeued(&format!("{namespace}/{name}"));
         let labels = ObjectLabels {
             namespace: namespace.into(),
             name: name.into(),
@@ -418,6 +459,35 @@ mod tests {
             "crane_operator_pods_created_total 1",
             "crane_operator_reconcile_duration_seconds_bucket",
             "crane_operator_expectations_unsatisfied 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_work_queue_counts_each_waiting_object_once_and_times_its_wait() {
+        let m = Metrics::default();
+        m.enqueued("default/a".into());
+        m.enqueued("default/a".into());
+        m.enqueued("default/b".into());
+        assert_eq!(
+            m.workqueue_depth.get(),
+            2,
+            "a's second trigger joins its first"
+        );
+        m.dequeued("default/a");
+        m.dequeued("default/a"); // a requeue coming due: it waited for no trigger
+        assert_eq!(m.workqueue_depth.get(), 1);
+        m.forget_replicas("default", "b");
+        assert_eq!(
+            m.workqueue_depth.get(),
+            0,
+            "a deleted object does not wait forever"
+        );
+        let text = m.encode();
+        for name in [
+            "crane_operator_workqueue_depth 0",
+            "crane_operator_workqueue_queue_duration_seconds_count 2",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

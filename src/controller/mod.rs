@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt, future};
+use futures::{FutureExt, StreamExt, TryStreamExt, future};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -262,13 +262,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.as_deref();
-    let controller = Controller::new(
-        api_for::<CraneReplicaSet>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
-    .trigger_backoff(watch_backoff());
-    let crs_cache = controller.store();
+    // The CraneReplicaSet watch as Controller::new makes it, with each change counted into
+    // the work-queue metrics on its way in.
+    let (crs_cache, crs_writer) = reflector::store::<CraneReplicaSet>();
+    let crs_changes = {
+        let metrics = metrics.clone();
+        reflector::reflector(
+            crs_writer,
+            watcher(
+                api_for::<CraneReplicaSet>(&client, ns),
+                watcher::Config::default().any_semantic(),
+            ),
+        )
+        .applied_objects()
+        .inspect_ok(move |crs| metrics.enqueued(key_of(crs)))
+    };
+    let controller = Controller::for_stream(crs_changes, crs_cache.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .trigger_backoff(watch_backoff());
     let expectations = Arc::new(Expectations::default());
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
@@ -392,7 +403,13 @@ pub async fn run(
     });
     let state = ctx.clone();
     controller
-        .reconcile_on(trigger_rx)
+        .reconcile_on({
+            let metrics = state.metrics.clone();
+            trigger_rx.inspect(move |obj| {
+                let ns = obj.namespace.as_deref().unwrap_or_default();
+                metrics.enqueued(format!("{ns}/{}", obj.name));
+            })
+        })
         // kube's runner holds queued passes until the CraneReplicaSet cache is ready, and a
         // shutdown stops the watch that would make it ready: let it sync first (briefly).
         .graceful_shutdown_on({

@@ -9,6 +9,7 @@ use crate::diagnostics::{self, IssueNews};
 /// One reconcile pass over one CraneReplicaSet.
 pub async fn reconcile(crs: Arc<CraneReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    ctx.metrics.dequeued(&key_of(crs.as_ref()));
     let _working = ctx.metrics.working();
     let result = reconcile_inner(&crs, &ctx).await;
     ctx.metrics
