@@ -179,9 +179,20 @@ async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         open_browser(&url);
     }
     let cluster = dashboard::Cluster::start(client, scope);
-    dashboard::serve(listener, cluster, termination())
-        .await
-        .context("serving the dashboard")
+    let stop = futures::FutureExt::shared(Box::pin(termination()));
+    // An open page's event stream never ends by itself: a graceful shutdown would wait for
+    // the browser tab forever. Requests in flight get a second.
+    let abandon = {
+        let stop = stop.clone();
+        async move {
+            stop.await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::select! {
+        served = dashboard::serve(listener, cluster, stop) => served.context("serving the dashboard"),
+        () = abandon => Ok(()),
+    }
 }
 
 /// Opens `url` in the user's browser, or says how to.

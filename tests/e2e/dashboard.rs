@@ -435,3 +435,35 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     browser.close().await.expect("close the browser");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_stops_on_sigterm_with_a_page_open() {
+    let env = TestEnv::without_operator("dashboard-stop").await;
+    let (mut dashboard, url) = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    // A page's live connection: its event stream never ends by itself.
+    let addr = url.trim_start_matches("http://").to_string();
+    let mut page = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    page.write_all(format!("GET /live/overview HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("open the event stream");
+    let mut first = [0u8; 64];
+    let n = page.read(&mut first).await.expect("the stream answers");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let pid = dashboard.0.id().to_string();
+    run_tool("kill", &["-TERM", &pid], None).expect("send SIGTERM");
+    let status = wait_for(
+        "the dashboard to exit with the page still open",
+        SHORT,
+        || {
+            let exited = dashboard.0.try_wait().map_err(|e| e.to_string());
+            async move { exited?.ok_or_else(|| "still running".to_string()) }
+        },
+    )
+    .await;
+    assert!(status.success(), "exit status {status}");
+    drop(page);
+    env.cleanup().await;
+}
