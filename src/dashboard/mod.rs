@@ -192,12 +192,6 @@ fn explain(e: &watcher::Error) -> String {
     }
 }
 
-/// Where and what to serve.
-pub struct Options {
-    pub address: SocketAddr,
-    pub scope: Scope,
-}
-
 #[derive(Clone)]
 struct Shared {
     cluster: Arc<Cluster>,

@@ -494,11 +494,6 @@ fn service_view(
     }
 }
 
-/// A page's body for an error the user can act on.
-pub fn problem(text: &str) -> Markup {
-    html! { p.error role="alert" { (text) } }
-}
-
 /// For tests: markup as a string.
 pub fn text(m: Markup) -> String {
     m.into_string()
