@@ -39,7 +39,9 @@ async fn dashboard(
     how: Invocation,
 ) -> (Process, String) {
     let port = free_port();
-    let log = repo_root().join(format!("target/e2e-logs/dashboard-{namespace}-{port}.log"));
+    let logs = repo_root().join("target/e2e-logs");
+    std::fs::create_dir_all(&logs).expect("create target/e2e-logs");
+    let log = logs.join(format!("dashboard-{namespace}-{port}.log"));
     let out = std::fs::File::create(&log).expect("create the dashboard log");
     let binary = env!("CARGO_BIN_EXE_crane-operator");
     let mut command = match how {
@@ -153,35 +155,59 @@ async fn screenshot(browser: &Browser, name: &str) {
     std::fs::write(&path, png).expect("write the screenshot");
 }
 
-/// Clicks `css`, then the confirmation dialog's Confirm button.
-async fn confirm(browser: &Browser, css: &str) {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
-    wait_for("the confirmation dialog", SHORT, || async {
-        let ok = browser
-            .find(Locator::Css("dialog#confirm[open] #confirm-ok"))
+/// Clicks the first element matching `locator`. The page swaps its view in whenever the
+/// cluster changes, so an element found a moment ago may be gone (a stale reference): it
+/// is found again until the click lands.
+async fn click(browser: &Browser, what: &str, locator: Locator<'_>) {
+    wait_for(&format!("a click on {what}"), SHORT, || async {
+        let element = browser
+            .find(locator)
             .await
-            .map_err(|e| e.to_string())?;
-        ok.click().await.map_err(|e| e.to_string())
+            .map_err(|e| format!("no {what}: {e}"))?;
+        element
+            .click()
+            .await
+            .map_err(|e| format!("click {what}: {e}"))
     })
     .await;
 }
 
+/// Clicks `css`, then the confirmation dialog's Confirm button.
+async fn confirm(browser: &Browser, css: &str) {
+    click(browser, css, Locator::Css(css)).await;
+    click(
+        browser,
+        "the confirmation dialog's Confirm",
+        Locator::Css("dialog#confirm[open] #confirm-ok"),
+    )
+    .await;
+}
+
+/// Types `replicas` into the scale form and confirms. The page keeps a value being typed
+/// across its view swaps; a swap between finding the field and typing is retried.
 async fn scale_to(browser: &Browser, replicas: i32) {
-    let input = browser
-        .find(Locator::Css("#replicas"))
-        .await
-        .expect("the replicas field");
-    input.clear().await.expect("clear the replicas field");
-    input
-        .send_keys(&replicas.to_string())
-        .await
-        .expect("type the replicas");
+    wait_for(
+        "the replicas field to hold the new value",
+        SHORT,
+        || async {
+            let input = browser
+                .find(Locator::Css("#replicas"))
+                .await
+                .map_err(|e| format!("no replicas field: {e}"))?;
+            input.clear().await.map_err(|e| e.to_string())?;
+            input
+                .send_keys(&replicas.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            let value = input.prop("value").await.map_err(|e| e.to_string())?;
+            if value.as_deref() == Some(replicas.to_string().as_str()) {
+                Ok(())
+            } else {
+                Err(format!("the replicas field holds {value:?}"))
+            }
+        },
+    )
+    .await;
     confirm(browser, "#scale button[type=submit]").await;
 }
 
@@ -234,13 +260,7 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     screenshot(&browser, "dashboard-overview-light.png").await;
 
     // --- one object: a pod deleted through the API goes, its replacement comes ----------
-    browser
-        .find(Locator::LinkText("crane"))
-        .await
-        .expect("the link to crane")
-        .click()
-        .await
-        .expect("open crane");
+    click(&browser, "the link to crane", Locator::LinkText("crane")).await;
     let names = |pods: &[Pod]| pods.iter().map(|p| p.name_any()).collect::<Vec<_>>();
     wait_for("crane's page to list its 2 pods", LONG, || async {
         let shown = pods_shown(&browser).await?;
@@ -317,13 +337,7 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     })
     .await;
     screenshot(&browser, "dashboard-crane-light.png").await;
-    browser
-        .find(Locator::Css("#theme"))
-        .await
-        .expect("the theme button")
-        .click()
-        .await
-        .expect("switch to dark");
+    click(&browser, "the theme button", Locator::Css("#theme")).await;
     wait_for("the dark theme", SHORT, || async {
         let theme = browser
             .execute("return document.documentElement.dataset.theme;", vec![])
