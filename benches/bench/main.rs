@@ -25,6 +25,7 @@ mod placement;
 mod report;
 mod scenarios;
 mod track;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,8 +91,11 @@ struct Opts {
     /// Seconds of the fleet's steady-state window.
     #[arg(long, default_value_t = 60.0)]
     fleet_window: f64,
+    /// Pods of each create arm of the wire scenario (JSON versus protobuf).
+    #[arg(long)]
+    wire_pods: Option<usize>,
     /// Scenarios to run (default all but fleet): scale-up, fan-out, recovery, steady,
-    /// fleet (only when named: 100,000 pods take a long while).
+    /// wire, fleet (only when named: 100,000 pods take a long while).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Where the report goes.
@@ -184,6 +188,8 @@ impl Opts {
             fleet_steps: fleet_steps(fleet_objects, fleet_replicas, self.fleet_steps.as_deref())?,
             fleet_probes: self.fleet_probes.max(1),
             fleet_window_s: self.fleet_window,
+            wire_pods: self.wire_pods.unwrap_or(if smoke { 10 } else { 1000 }),
+            wire_rounds: if smoke { 1 } else { 3 },
         })
     }
 
@@ -220,7 +226,7 @@ async fn main() -> ExitCode {
 async fn run(opts: Opts) -> anyhow::Result<bool> {
     let started = Instant::now();
     let plan = opts.plan()?;
-    const SCENARIOS: [&str; 5] = ["scale-up", "fan-out", "recovery", "steady", "fleet"];
+    const SCENARIOS: [&str; 6] = ["scale-up", "fan-out", "recovery", "steady", "wire", "fleet"];
     if let Some(unknown) = opts
         .only
         .iter()
@@ -475,6 +481,21 @@ async fn scenarios_all(bench: &Bench, opts: &Opts, report: &mut Report) {
             Ok(r) => report.recovery = r,
             Err(e) => {
                 let msg = format!("recovery: {e:#}");
+                eprintln!("[bench] FAILED {msg}");
+                report.failures.push(msg);
+            }
+        }
+    }
+
+    if opts.runs("wire") {
+        bench.progress(format!(
+            "wire: JSON versus protobuf, {} pods per create arm, {} rounds",
+            plan.wire_pods, plan.wire_rounds
+        ));
+        match bench.wire(plan.wire_pods, plan.wire_rounds).await {
+            Ok(runs) => report.wire = runs,
+            Err(e) => {
+                let msg = format!("wire: {e:#}");
                 eprintln!("[bench] FAILED {msg}");
                 report.failures.push(msg);
             }

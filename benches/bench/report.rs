@@ -1,6 +1,7 @@
 //! report.md, report.json, ready-over-time.png and (the fleet's) fleet-cost.png.
 
 mod fleet;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use crate::cluster::{Component, Variant};
 use crate::fleet::FleetRun;
 use crate::placement::KWOK_NODE_LABEL;
 use crate::scenarios::{Bench, Plan, RawTuning, Recovery, Run, Steady, median};
+use crate::wire::WireRun;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Machine {
@@ -82,6 +84,7 @@ pub struct Report {
     pub recovery: Vec<Recovery>,
     pub steady: Vec<Run>,
     pub fleet: Vec<FleetRun>,
+    pub wire: Vec<WireRun>,
     pub failures: Vec<String>,
     pub wall_s: f64,
     /// The scenarios this run was asked for.
@@ -228,6 +231,7 @@ impl Report {
             recovery: Vec::new(),
             steady: Vec::new(),
             fleet: Vec::new(),
+            wire: Vec::new(),
             failures: Vec::new(),
             wall_s: 0.0,
             scenarios: Vec::new(),
@@ -356,6 +360,9 @@ impl Report {
                     }
                 }
             }
+        }
+        if ran("wire") {
+            problems.extend(self.wire_problems());
         }
         if ran("fleet") {
             problems.extend(self.fleet_problems());
@@ -549,6 +556,7 @@ impl Report {
         }
 
         self.write_steady(s)?;
+        self.write_wire(s)?;
         self.write_fleet(s)?;
         self.write_where(s)?;
         self.write_rounds(s)?;

@@ -48,6 +48,9 @@ pub struct Plan {
     pub fleet_probes: usize,
     /// Seconds of the fleet's steady-state window.
     pub fleet_window_s: f64,
+    /// Pods of each create arm of the wire scenario, and its rounds (wire.rs).
+    pub wire_pods: usize,
+    pub wire_rounds: usize,
 }
 
 pub struct Bench {
