@@ -17,10 +17,11 @@ use kube::client::{Body, ConfigExt};
 use kube::{Client, Config};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tower::retry::{Policy, RetryLayer};
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, VerbLabels};
 
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -99,16 +100,20 @@ impl<Res> Policy<Request<Body>, Response<Res>, BoxError> for SafeRetry {
 }
 
 /// Counts every request sent and its answer in `crane_operator_api_requests_total`: each
-/// attempt, retries included, as client-go's `rest_client_requests_total` does.
+/// attempt, retries included, as client-go's `rest_client_requests_total` does; and times
+/// it in `crane_operator_api_request_duration_seconds` (client-go's
+/// `rest_client_request_duration_seconds`: until the answer's headers).
 #[derive(Clone)]
 pub struct CountRequests {
     requests: Family<RequestLabels, Counter>,
+    latency: Family<VerbLabels, Histogram>,
 }
 
 impl CountRequests {
     pub fn new(metrics: &Metrics) -> Self {
         Self {
             requests: metrics.api_requests.clone(),
+            latency: metrics.api_request_duration.clone(),
         }
     }
 }
@@ -120,6 +125,7 @@ impl<S> Layer<S> for CountRequests {
         Counted {
             inner,
             requests: self.requests.clone(),
+            latency: self.latency.clone(),
         }
     }
 }
@@ -129,6 +135,7 @@ impl<S> Layer<S> for CountRequests {
 pub struct Counted<S> {
     inner: S,
     requests: Family<RequestLabels, Counter>,
+    latency: Family<VerbLabels, Histogram>,
 }
 
 fn verb(method: &Method) -> &'static str {
@@ -158,9 +165,14 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let verb = verb(req.method());
         let requests = self.requests.clone();
+        let latency = self.latency.clone();
+        let sent = std::time::Instant::now();
         let response = self.inner.call(req);
         Box::pin(async move {
             let result = response.await;
+            latency
+                .get_or_create(&VerbLabels { verb })
+                .observe(sent.elapsed().as_secs_f64());
             let code = match &result {
                 Ok(r) => r.status().as_u16().to_string(),
                 Err(_) => "error".to_string(),
@@ -255,7 +267,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counts_each_answer_by_verb_and_code_and_a_missing_one_as_error() {
+    async fn counts_and_times_each_answer_by_verb_and_code_and_a_missing_one_as_error() {
         let metrics = Metrics::default();
         let mut svc =
             CountRequests::new(&metrics).layer(tower::service_fn(|req: Request<()>| async move {
@@ -274,6 +286,9 @@ mod tests {
             r#"crane_operator_api_requests_total{verb="POST",code="429"} 2"#,
             r#"crane_operator_api_requests_total{verb="GET",code="200"} 1"#,
             r#"crane_operator_api_requests_total{verb="DELETE",code="error"} 1"#,
+            r#"crane_operator_api_request_duration_seconds_count{verb="POST"} 2"#,
+            r#"crane_operator_api_request_duration_seconds_count{verb="DELETE"} 1"#,
+            r#"crane_operator_api_request_duration_seconds_count{verb="PUT"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

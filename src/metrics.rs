@@ -59,6 +59,13 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// One API request's verb, for its latency (client-go's `rest_client_request_duration_seconds`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// The HTTP method, as in [`RequestLabels`].
+    pub verb: &'static str,
+}
+
 /// The verbs the operator uses, each with a series from the start.
 pub const REQUEST_VERBS: [&str; 5] = ["GET", "POST", "PATCH", "PUT", "DELETE"];
 /// The codes that alerts and dashboards look for, each with a series from the start
@@ -87,6 +94,8 @@ pub struct Metrics {
     pub expectations_unsatisfied: Gauge,
     pub leader: Gauge,
     pub api_requests: Family<RequestLabels, Counter>,
+    /// From sending a request to its answer's headers, by verb.
+    pub api_request_duration: Family<VerbLabels, Histogram>,
     /// `spec.replicas` of each CraneReplicaSet, as of its last pass.
     pub replicas_desired: Family<ObjectLabels, Gauge>,
     /// `status.readyReplicas` of each CraneReplicaSet, as of its last pass.
@@ -181,6 +190,17 @@ impl Default for Metrics {
                 let _ = api_requests.get_or_create(&RequestLabels { verb, code });
             }
         }
+        let api_request_duration = Family::<VerbLabels, Histogram>::new_with_constructor(
+            api_latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time from sending a request to the API server to its answer (headers), by verb",
+            api_request_duration.clone(),
+        );
+        for verb in REQUEST_VERBS {
+            let _ = api_request_duration.get_or_create(&VerbLabels { verb });
+        }
         let replicas_desired = Family::<ObjectLabels, Gauge>::default();
         registry.register(
             "replicas_desired",
@@ -220,10 +240,18 @@ impl Default for Metrics {
             expectations_unsatisfied,
             leader,
             api_requests,
+            api_request_duration,
             replicas_desired,
             replicas_ready,
         }
     }
+}
+
+/// client-go's buckets for `rest_client_request_duration_seconds`.
+fn api_latency_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0,
+    ])
 }
 
 impl Metrics {

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::operator::Metrics;
 use crate::placement::on_kwok_nodes;
+use crate::track::ApiRequests;
 
 /// Label on every namespace of a run (value: the run id), for finding leftovers by hand.
 pub const BENCH_LABEL: &str = "crane.dev/bench";
@@ -101,6 +102,17 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// kube-apiserver's request counts and latencies so far (its /metrics).
+    pub async fn apiserver_requests(&self) -> Result<ApiRequests> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self
+            .client
+            .request_text(request)
+            .await
+            .context("GET /metrics of kube-apiserver")?;
+        Ok(ApiRequests::parse(&text))
     }
 
     /// A fresh namespace `cb-<run>-<n>-<tag>`, ready for pods (its default ServiceAccount

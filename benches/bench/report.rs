@@ -893,6 +893,23 @@ impl Report {
             "- after Ready, native: {}\n",
             writers(&na.writes_settling.by_writer)
         )?;
+        let resources = ["pods", "cranereplicasets", "replicasets", "events"];
+        writeln!(
+            s,
+            "kube-apiserver requests until Ready (every client; count, mean latency as the API server measures it):\n"
+        )?;
+        writeln!(s, "- crane: {}", c.apiserver_requests.summary(&resources))?;
+        writeln!(
+            s,
+            "- native: {}\n",
+            na.apiserver_requests.summary(&resources)
+        )?;
+        writeln!(
+            s,
+            "The controller's own requests until Ready by verb, with the latency it measured (crane-operator's `crane_operator_api_request_duration_seconds`; kube-controller-manager's `rest_client_request_duration_seconds`, all of its controllers):\n"
+        )?;
+        writeln!(s, "- crane: {}", c.controller_requests.summary(&[]))?;
+        writeln!(s, "- native: {}\n", na.controller_requests.summary(&[]))?;
         if let Some(o) = &c.operator {
             writeln!(s, "Operator log of that run: `{}`\n", o.log)?;
         }

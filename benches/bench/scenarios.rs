@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cluster::{self, Cluster, Component, Variant, Workload};
 use crate::operator::{Operator, Usage};
-use crate::track::{PodTracker, WriteCounter, Writes};
+use crate::track::{ApiRequests, PodTracker, WriteCounter, Writes};
 
 /// What the whole run was asked to do (see `Opts` in main.rs for the defaults).
 #[derive(Clone, Debug, Serialize)]
@@ -101,6 +101,11 @@ pub struct Run {
     pub kcm_usage_at_ready: Option<Usage>,
     /// kube-apiserver's CPU seconds from the first request until Ready.
     pub apiserver_cpu_s: Option<f64>,
+    /// kube-apiserver's requests (every client) from the first request until Ready.
+    pub apiserver_requests: ApiRequests,
+    /// The controller's requests by verb over the same time, with the latency it saw
+    /// (crane-operator's or kube-controller-manager's own metrics; none for raw).
+    pub controller_requests: ApiRequests,
     pub steady: Option<Steady>,
     pub teardown_s: f64,
 }
@@ -206,6 +211,29 @@ impl Bench {
         println!("[bench {:02}:{:02}] {}", s / 60, s % 60, msg.as_ref());
     }
 
+    /// The requests the controller of `variant` has sent so far, by verb, with the latency
+    /// it measured (empty when it has no such metrics).
+    async fn controller_requests(
+        &self,
+        variant: Variant,
+        operator: Option<&Operator>,
+    ) -> ApiRequests {
+        let text = match (variant, operator) {
+            (Variant::Crane, Some(op)) => op.metrics().await.map(|m| m.0).ok(),
+            (Variant::Native, _) => match &self.kcm {
+                Some(kcm) => kcm.metrics().await.map(|m| m.0).ok(),
+                None => None,
+            },
+            _ => None,
+        };
+        let name = match variant {
+            Variant::Crane => "crane_operator_api_request_duration_seconds",
+            _ => "rest_client_request_duration_seconds",
+        };
+        text.map(|t| ApiRequests::client(&t, name))
+            .unwrap_or_default()
+    }
+
     fn kcm_usage(&self) -> Option<Usage> {
         self.kcm.as_ref().and_then(|k| Usage::of(k.pid).ok())
     }
@@ -262,6 +290,8 @@ impl Bench {
         let op_before = operator.as_ref().map(|o| o.usage()).transpose()?;
         let kcm_before = self.kcm_usage();
         let apiserver_before = self.apiserver_usage();
+        let requests_before = self.cluster.apiserver_requests().await?;
+        let controller_before = self.controller_requests(variant, operator.as_ref()).await;
 
         let t0 = Instant::now();
         let parallel = match variant {
@@ -290,6 +320,15 @@ impl Bench {
         let op_at_ready = operator.as_ref().map(|o| o.usage()).transpose()?;
         let kcm_at_ready = self.kcm_usage();
         let apiserver_at_ready = self.apiserver_usage();
+        let apiserver_requests = self
+            .cluster
+            .apiserver_requests()
+            .await?
+            .since(&requests_before);
+        let controller_requests = self
+            .controller_requests(variant, operator.as_ref())
+            .await
+            .since(&controller_before);
         let writes = counter.snapshot();
         let (ready_at, seen_at, timeline) = tracker.with(|p| {
             (
@@ -390,6 +429,8 @@ impl Bench {
             apiserver_cpu_s: apiserver_before
                 .zip(apiserver_at_ready)
                 .map(|(a, b)| b.cpu_s - a.cpu_s),
+            apiserver_requests,
+            controller_requests,
             steady,
             teardown_s: f64::NAN,
         })

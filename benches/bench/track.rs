@@ -696,3 +696,105 @@ fn owner_plural(ar: &ApiResource) -> &'static str {
         "cranereplicasets"
     }
 }
+
+/// kube-apiserver's requests by "VERB resource[/subresource]": (count, seconds spent), from
+/// its `apiserver_request_duration_seconds` histogram (every client, WATCH left out: a watch
+/// lasts as long as its client keeps it).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApiRequests(pub BTreeMap<String, (f64, f64)>);
+
+impl ApiRequests {
+    /// kube-apiserver's `apiserver_request_duration_seconds`, by verb and resource.
+    pub fn parse(metrics: &str) -> Self {
+        Self::histogram(metrics, "apiserver_request_duration_seconds", |label| {
+            let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+            if verb == "WATCH" || resource.is_empty() {
+                return None;
+            }
+            Some(match sub.as_str() {
+                "" => format!("{verb} {resource}"),
+                sub => format!("{verb} {resource}/{sub}"),
+            })
+        })
+    }
+
+    /// A client's request latency histogram by verb: crane-operator's
+    /// `crane_operator_api_request_duration_seconds`, client-go's
+    /// `rest_client_request_duration_seconds`.
+    pub fn client(metrics: &str, name: &str) -> Self {
+        Self::histogram(metrics, name, |label| {
+            Some(label("verb")).filter(|v| !v.is_empty())
+        })
+    }
+
+    /// The sums and counts of histogram `name`, added up by `key` of their labels.
+    fn histogram(
+        metrics: &str,
+        name: &str,
+        key: impl Fn(&dyn Fn(&str) -> String) -> Option<String>,
+    ) -> Self {
+        let mut by = BTreeMap::new();
+        for line in metrics.lines() {
+            let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('_')) else {
+                continue;
+            };
+            let (count, rest) = match rest.split_once('{') {
+                Some(("sum", r)) => (false, r),
+                Some(("count", r)) => (true, r),
+                _ => continue,
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let Some(key) = key(&label) else {
+                continue;
+            };
+            let v: f64 = value.trim().parse().unwrap_or(0.0);
+            let entry: &mut (f64, f64) = by.entry(key).or_default();
+            if count { entry.0 += v } else { entry.1 += v }
+        }
+        Self(by)
+    }
+
+    /// The requests since `before`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(k, (n, t))| {
+                    let (n0, t0) = before.0.get(k).copied().unwrap_or_default();
+                    (k.clone(), (n - n0, t - t0))
+                })
+                .filter(|(_, (n, _))| *n > 0.0)
+                .collect(),
+        )
+    }
+
+    /// "POST pods 1000 (26.0 ms), ..." for the resources of a run (all when empty), the
+    /// most frequent first.
+    pub fn summary(&self, resources: &[&str]) -> String {
+        let mut rows: Vec<(&String, &(f64, f64))> = self
+            .0
+            .iter()
+            .filter(|(k, _)| {
+                let resource = k.split(' ').nth(1).unwrap_or("");
+                resources.is_empty()
+                    || resources
+                        .iter()
+                        .any(|r| resource.split('/').next() == Some(*r))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        rows.iter()
+            .map(|(k, (n, t))| format!("{k} {n:.0} ({:.1} ms)", 1000.0 * t / n.max(1.0)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
