@@ -86,61 +86,153 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         ctx.expectations.expect(&key, &uid, plan.create, victims);
     }
     // A rolling update may both create (within the surge) and delete (within the budget).
-    let created = match plan.create {
-        0 => None,
-        n => create_pods(crs, ctx, &pod_api, n).await,
+    let pod_writes = async {
+        let created = match plan.create {
+            0 => None,
+            n => create_pods(crs, ctx, &pod_api, n).await,
+        };
+        let deleted = match plan.delete.as_slice() {
+            [] => None,
+            victims => delete_pods(crs, ctx, &pod_api, victims).await,
+        };
+        created.or(deleted)
     };
-    let deleted = match plan.delete.as_slice() {
-        [] => None,
-        victims => delete_pods(crs, ctx, &pod_api, victims).await,
+    let pass = StatusPass {
+        crs,
+        ctx,
+        key: &key,
+        ns: &ns,
+        selector: &selector,
+        desired: &desired,
+        pods: &pods,
     };
-    let replica_failure = created.or(deleted);
-    let synced = match deleting {
-        false => sync_service(crs, ctx, &ns).await,
-        true => Ok(crs.status.as_ref().and_then(|s| s.service.clone())),
-    };
-    let (service, service_failure) = match synced {
-        Ok(service) => (service, None),
-        Err(Error::Service { failure, .. }) => {
-            let note = failure.message.clone();
-            ctx.event(
-                crs,
-                EventType::Warning,
-                failure.reason,
-                "Service",
-                note,
-                None,
-            );
-            (None, Some(failure))
+    // The status says what this pass's snapshot shows, so it need not wait for the pass's
+    // own pod writes, which only show in it when they fail: it is written alongside them
+    // (a pass of a fan-out then holds its worker for the longer of the two round trips, not
+    // their sum). When they fail it is written again, with the failure; an object whose
+    // status already carries a failure waits for them, so that it never shows the failure
+    // cleared and set again.
+    let writing = plan.create > 0 || !plan.delete.is_empty();
+    let failing = crs.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == status::REPLICA_FAILURE)
+    });
+    let (replica_failure, written) = if writing && !failing && !deleting {
+        let (failure, written) = future::join(pod_writes, pass.settle(None, None)).await;
+        let written = written?;
+        match failure {
+            None => (None, written),
+            Some(failure) => {
+                let again = pass.settle(Some(failure.clone()), Some(written)).await?;
+                (Some(failure), again)
+            }
         }
-        Err(e) => return Err(e),
+    } else {
+        let failure = pod_writes.await;
+        (failure.clone(), pass.settle(failure, None).await?)
     };
+    if let Some(failure) = replica_failure {
+        return Err(Error::Replicas {
+            object: key,
+            failure,
+        });
+    }
+    if let Some(failure) = written.service_failure {
+        return Err(Error::Service {
+            object: key,
+            failure,
+        });
+    }
+    let recheck = written.recheck.map(|d| d + Duration::from_millis(100));
+    Ok(Action::requeue(
+        [recheck, written.deferred]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(RESYNC),
+    ))
+}
 
-    let observed = Observed {
-        claimed: planner::claimed(&desired, &pods).collect(),
-        replica_failure: replica_failure.clone(),
-        service_failure: service_failure.clone(),
-        service,
-        now: Timestamp::now(),
-    };
-    let (new_status, recheck) = status::compute(crs, &selector, observed);
-    ctx.metrics.set_replicas(
-        &ns,
-        &crs.name_any(),
-        crs.spec.replicas,
-        new_status.ready_replicas,
-    );
-    announce_pod_issues(crs, ctx, &new_status).await;
-    // Written whenever it changed, creations and deletions in flight or not, as the
-    // ReplicaSet controller does: the status says what the cache shows now.
-    let deferred = status_deferred(ctx, &key, crs.status.as_ref(), &new_status);
-    if crs.status.as_ref() != Some(&new_status) && deferred.is_none() {
-        let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+/// What a pass knows when it settles the object's Service and status.
+struct StatusPass<'a> {
+    crs: &'a CraneReplicaSet,
+    ctx: &'a Context,
+    key: &'a str,
+    ns: &'a str,
+    selector: &'a Selector,
+    desired: &'a Desired<'a>,
+    pods: &'a [PodFacts],
+}
+
+/// What settling the Service and status left.
+struct Settled {
+    /// The status the object has now (written by this pass, or as it was).
+    status: Option<CraneReplicaSetStatus>,
+    service: Option<ServiceStatus>,
+    service_failure: Option<Failure>,
+    /// When pods become available, to look again.
+    recheck: Option<Duration>,
+    /// When a deferred status write is due.
+    deferred: Option<Duration>,
+}
+
+impl StatusPass<'_> {
+    /// Syncs the Service, computes the status with `replica_failure`, and writes it when it
+    /// changed (and may not wait for the batch). `before`: what this pass settled already,
+    /// when it settles a second time (its Service is not synced again).
+    async fn settle(
+        &self,
+        replica_failure: Option<Failure>,
+        before: Option<Settled>,
+    ) -> Result<Settled, Error> {
+        let (crs, ctx, key) = (self.crs, self.ctx, self.key);
+        let mut base = crs.clone();
+        let synced = match (before, self.desired.deleting) {
+            (Some(before), _) => {
+                base.status = before.status;
+                Err((before.service, before.service_failure))
+            }
+            (None, false) => Ok(sync_service(crs, ctx, self.ns).await),
+            (None, true) => Ok(Ok(crs.status.as_ref().and_then(|s| s.service.clone()))),
+        };
+        let (service, service_failure) = match synced {
+            Err(settled) => settled,
+            Ok(synced) => self.service_outcome(synced)?,
+        };
+        let observed = Observed {
+            claimed: planner::claimed(self.desired, self.pods).collect(),
+            replica_failure,
+            service_failure: service_failure.clone(),
+            service: service.clone(),
+            now: Timestamp::now(),
+        };
+        let (new_status, recheck) = status::compute(&base, self.selector, observed);
+        ctx.metrics.set_replicas(
+            self.ns,
+            &crs.name_any(),
+            crs.spec.replicas,
+            new_status.ready_replicas,
+        );
+        announce_pod_issues(&base, ctx, &new_status).await;
+        // Written whenever it changed, creations and deletions in flight or not, as the
+        // ReplicaSet controller does: the status says what the cache shows now.
+        let deferred = status_deferred(ctx, key, base.status.as_ref(), &new_status);
+        if base.status.as_ref() == Some(&new_status) || deferred.is_some() {
+            return Ok(Settled {
+                status: base.status,
+                service,
+                service_failure,
+                recheck,
+                deferred,
+            });
+        }
+        let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), self.ns);
         // Only what changed, as a JSON merge patch: server-side apply would make the API
         // server merge the whole object against the CRD's schema (pod template included)
         // on every status write, the operator's most frequent write.
         let patch = json!({"status": status::merge_patch(
-            &serde_json::to_value(&crs.status).unwrap_or_default(),
+            &serde_json::to_value(&base.status).unwrap_or_default(),
             &serde_json::to_value(&new_status).unwrap_or_default(),
         )});
         let params = PatchParams {
@@ -149,32 +241,42 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         };
         api.patch_status(&crs.name_any(), &params, &Patch::Merge(patch))
             .await
-            .map_err(kube_err("update status of", key.clone()))?;
+            .map_err(kube_err("update status of", key.to_string()))?;
         ctx.status_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), Instant::now());
+            .insert(key.to_string(), Instant::now());
+        Ok(Settled {
+            status: Some(new_status),
+            service,
+            service_failure,
+            recheck,
+            deferred: None,
+        })
     }
-    if let Some(failure) = replica_failure {
-        return Err(Error::Replicas {
-            object: key,
-            failure,
-        });
+
+    /// The Service as the status shows it, or its failure (also an event).
+    fn service_outcome(
+        &self,
+        synced: Result<Option<ServiceStatus>, Error>,
+    ) -> Result<(Option<ServiceStatus>, Option<Failure>), Error> {
+        match synced {
+            Ok(service) => Ok((service, None)),
+            Err(Error::Service { failure, .. }) => {
+                let note = failure.message.clone();
+                self.ctx.event(
+                    self.crs,
+                    EventType::Warning,
+                    failure.reason,
+                    "Service",
+                    note,
+                    None,
+                );
+                Ok((None, Some(failure)))
+            }
+            Err(e) => Err(e),
+        }
     }
-    if let Some(failure) = service_failure {
-        return Err(Error::Service {
-            object: key,
-            failure,
-        });
-    }
-    let recheck = recheck.map(|d| d + Duration::from_millis(100));
-    Ok(Action::requeue(
-        [recheck, deferred]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(RESYNC),
-    ))
 }
 
 /// How long a status change waits to be written with the next, if it is one that may
@@ -384,6 +486,152 @@ pub(super) mod tests {
             Some("True".into()),
             "{news:#}"
         );
+    }
+
+    /// The requests of a scripted API, each with its JSON body, answered by `respond`
+    /// (which gets the request's method, path and body).
+    fn serve(
+        mut api: ApiHandle,
+        mut respond: impl FnMut(
+            &http::Method,
+            &str,
+            &serde_json::Value,
+        ) -> Option<http::Response<kube::client::Body>>
+        + Send
+        + 'static,
+    ) -> Seen {
+        use http_body_util::BodyExt;
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // Requests whose answer waits for a later request.
+            let mut held: Vec<(
+                tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+                _,
+            )> = Vec::new();
+            while let Some((req, send)) = api.next_request().await {
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                let body = serde_json::from_slice(&bytes).unwrap_or_default();
+                match respond(&method, &path, &body) {
+                    Some(answer) => {
+                        send.send_response(answer);
+                        // A status write releases the pod creations held until it came.
+                        if method == http::Method::PATCH {
+                            for (send, answer) in held.drain(..) {
+                                send.send_response(answer);
+                            }
+                        }
+                    }
+                    None => held.push((
+                        send,
+                        answer(201, serde_json::to_value(ours("crane-new")).unwrap()),
+                    )),
+                }
+                let _ = tx.send((method, path, body));
+            }
+        });
+        seen
+    }
+
+    type Seen = tokio::sync::mpsc::UnboundedReceiver<(http::Method, String, serde_json::Value)>;
+
+    /// A scripted API that refuses every pod creation (403) and takes every status write,
+    /// and a CraneReplicaSet of one pod without a Service.
+    fn creations_refused() -> (Context, Seen, CraneReplicaSet) {
+        let (ctx, api) = scripted_context();
+        let seen = serve(api, |method, _, _| match *method {
+            http::Method::POST => Some(failure(403, "Forbidden")),
+            _ => Some(answer(200, serde_json::to_value(crane(1)).unwrap())),
+        });
+        let mut crs = crane(1);
+        crs.spec.service.enabled = false;
+        (ctx, seen, crs)
+    }
+
+    /// The status writes seen so far, oldest first.
+    fn status_writes(seen: &mut Seen) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| seen.try_recv().ok())
+            .filter(|(method, _, _)| method == http::Method::PATCH)
+            .map(|(_, _, body)| body)
+            .collect()
+    }
+
+    fn conditions_of(patch: &serde_json::Value) -> Vec<String> {
+        patch["status"]["conditions"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c["type"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_creates_writes_its_status_without_waiting_for_the_creations() {
+        let (ctx, api) = scripted_context();
+        // The creation is answered only once the status write has come: a pass that waited
+        // for its creations before writing the status would wait forever.
+        let mut seen = serve(api, |method, _, _| match *method {
+            http::Method::POST => None,
+            _ => Some(answer(200, serde_json::to_value(crane(1)).unwrap())),
+        });
+        let mut crs = crane(1);
+        crs.spec.service.enabled = false;
+        let pass = tokio::time::timeout(Duration::from_secs(10), reconcile_inner(&crs, &ctx)).await;
+        pass.expect("the status write did not wait for the creation")
+            .expect("a pass");
+        let mut methods = Vec::new();
+        while let Ok((method, _, _)) = seen.try_recv() {
+            methods.push(method);
+        }
+        assert_eq!(
+            methods,
+            [http::Method::POST, http::Method::PATCH],
+            "one creation and one status write"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_creation_is_written_in_a_second_status_write() {
+        let (ctx, mut seen, crs) = creations_refused();
+        let err = reconcile_inner(&crs, &ctx)
+            .await
+            .expect_err("the creation failed");
+        assert!(matches!(err, Error::Replicas { .. }), "{err:?}");
+        let patches = status_writes(&mut seen);
+        assert_eq!(patches.len(), 2, "{patches:#?}");
+        assert!(!conditions_of(&patches[0]).contains(&status::REPLICA_FAILURE.to_string()));
+        assert!(
+            conditions_of(&patches[1]).contains(&status::REPLICA_FAILURE.to_string()),
+            "{:#}",
+            patches[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_that_is_failing_never_shows_its_failure_cleared_while_it_retries() {
+        let (ctx, mut seen, mut crs) = creations_refused();
+        // The first pass fails and writes the failure; the object's status then shows it.
+        let _ = reconcile_inner(&crs, &ctx).await;
+        let last = status_writes(&mut seen)
+            .pop()
+            .expect("the failure was written");
+        crs.status = Some(serde_json::from_value(last["status"].clone()).unwrap());
+        assert!(conditions_of(&last).contains(&status::REPLICA_FAILURE.to_string()));
+        ctx.expectations.forget("default/crane");
+        ctx.status_written.lock().unwrap().clear();
+
+        // The retry fails again: no status write in between says the failure is gone.
+        let _ = reconcile_inner(&crs, &ctx).await;
+        for body in status_writes(&mut seen) {
+            if body["status"].get("conditions").is_some() {
+                assert!(
+                    conditions_of(&body).contains(&status::REPLICA_FAILURE.to_string()),
+                    "a status write cleared the failure while the object retried: {body:#}"
+                );
+            }
+        }
     }
 
     #[test]
