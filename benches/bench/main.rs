@@ -492,6 +492,11 @@ async fn scenarios_all(bench: &Bench, opts: &Opts, report: &mut Report) {
             "wire: JSON versus protobuf, {} pods per create arm, {} rounds",
             plan.wire_pods, plan.wire_rounds
         ));
+        // The API server's idle rate is taken off each arm: the earlier namespaces'
+        // clean-up must be over.
+        if let Err(e) = bench.cluster.wait_gone(Duration::from_secs(300)).await {
+            report.failures.push(format!("before the wire step: {e:#}"));
+        }
         match bench.wire(plan.wire_pods, plan.wire_rounds).await {
             Ok(runs) => report.wire = runs,
             Err(e) => {

@@ -3,7 +3,8 @@
 //! hence crane-operator) or protobuf (client-go, hence kube-controller-manager).
 //!
 //! Arms, each measured as kube-apiserver's CPU seconds over the arm minus its idle rate
-//! (node heartbeats of 100 kwok nodes) over the same time, rotated each round:
+//! (node heartbeats of 100 kwok nodes; taken for a second before the arm) over the same
+//! time, rotated each round, once every earlier namespace is gone:
 //! - `create json` / `create protobuf`: the same bare pod (unscheduled, so no scheduler or
 //!   kwok work follows), body and answer in that format, 32 requests in flight;
 //! - `watch none` / `watch json` / `watch protobuf`: one label patch per pod (JSON merge
@@ -257,10 +258,10 @@ impl Bench {
         let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut runs = Vec::new();
         for round in 1..=rounds {
-            let idle = self.apiserver_idle_rate(Duration::from_secs(2)).await?;
             let mut arms = ARMS.to_vec();
             arms.rotate_left((round - 1) % ARMS.len());
             for arm in arms {
+                let idle = self.apiserver_idle_rate(Duration::from_secs(1)).await?;
                 let run = match arm {
                     "create json" | "create protobuf" => {
                         let format = if arm == "create json" { JSON } else { PROTOBUF };

@@ -88,7 +88,7 @@ impl Report {
         }
         writeln!(
             s,
-            "\nEach arm: kube-apiserver's CPU over the arm, less its idle rate (measured for 2 s before each round) over the same time. `create`: the same bare pod (never scheduled), body and answer in that format, 32 requests in flight. `watch`: a JSON merge patch of one label on each pod, with no extra watch, or with one watch of the namespace's pods in that format that sees every change (kube-controller-manager and kube-scheduler watch every pod in protobuf already, so a protobuf watch's events are encoded anyway, a JSON watch's are not). `list`: a kube-runtime watcher's initial list of the namespace's pods (every pod of the create arms so far), pages of 500 or one streaming list (`sendInitialEvents`).\n"
+            "\nEach arm: kube-apiserver's CPU over the arm, less its idle rate (measured for 1 s right before the arm, once every earlier namespace is gone) over the same time. `create`: the same bare pod (never scheduled), body and answer in that format, 32 requests in flight. `watch`: a JSON merge patch of one label on each pod, with no extra watch, or with one watch of the namespace's pods in that format that sees every change (kube-controller-manager and kube-scheduler watch every pod in protobuf already, so a protobuf watch's events are encoded anyway, a JSON watch's are not). `list`: a kube-runtime watcher's initial list of the namespace's pods (every pod of the create arms so far), pages of 500 or one streaming list (`sendInitialEvents`).\n"
         )
     }
 
