@@ -80,9 +80,14 @@ impl Report {
             if let Some(m) = marginal(arm) {
                 writeln!(
                     s,
-                    "- one event of a {} pod watch costs kube-apiserver **{} CPU ms** (the arm minus `watch none`, round by round)",
+                    "- one event of a {} pod watch costs kube-apiserver **{} CPU ms** (the arm minus `watch none`, round by round){}",
                     arm.trim_start_matches("watch "),
-                    cell(m)
+                    cell(m),
+                    if m.0 < 0.0 {
+                        ": below zero, so what an arm inherits from the one before it (the API server's garbage collection, its caches) outweighs a watch's cost in this run"
+                    } else {
+                        ""
+                    }
                 )?;
             }
         }
