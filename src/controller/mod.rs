@@ -126,6 +126,15 @@ fn key_of<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// [`key_of`] of the object a reference names.
+fn ref_key(obj: &ObjectRef<CraneReplicaSet>) -> String {
+    format!(
+        "{}/{}",
+        obj.namespace.as_deref().unwrap_or_default(),
+        obj.name
+    )
+}
+
 fn kube_err(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let object = object.into();
     move |source| Error::Kube {
@@ -405,10 +414,7 @@ pub async fn run(
     controller
         .reconcile_on({
             let metrics = state.metrics.clone();
-            trigger_rx.inspect(move |obj| {
-                let ns = obj.namespace.as_deref().unwrap_or_default();
-                metrics.enqueued(format!("{ns}/{}", obj.name));
-            })
+            trigger_rx.inspect(move |obj| metrics.enqueued(ref_key(obj)))
         })
         // kube's runner holds queued passes until the CraneReplicaSet cache is ready, and a
         // shutdown stops the watch that would make it ready: let it sync first (briefly).

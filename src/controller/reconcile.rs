@@ -3,6 +3,8 @@
 
 use super::pods::{claim_pods, create_pods, delete_pods};
 use super::service::sync_service;
+use std::borrow::Cow;
+
 use super::*;
 use crate::diagnostics::{self, IssueNews};
 
@@ -187,18 +189,22 @@ impl StatusPass<'_> {
         before: Option<Settled>,
     ) -> Result<Settled, Error> {
         let (crs, ctx, key) = (self.crs, self.ctx, self.key);
-        let mut base = crs.clone();
-        let synced = match (before, self.desired.deleting) {
-            (Some(before), _) => {
-                base.status = before.status;
-                Err((before.service, before.service_failure))
+        // The object as this pass left it: with the status it wrote, the second time.
+        let (base, service, service_failure) = match before {
+            Some(before) => {
+                let mut written = crs.clone();
+                written.status = before.status;
+                (Cow::Owned(written), before.service, before.service_failure)
             }
-            (None, false) => Ok(sync_service(crs, ctx, self.ns).await),
-            (None, true) => Ok(Ok(crs.status.as_ref().and_then(|s| s.service.clone()))),
-        };
-        let (service, service_failure) = match synced {
-            Err(settled) => settled,
-            Ok(synced) => self.service_outcome(synced)?,
+            None if self.desired.deleting => {
+                let service = crs.status.as_ref().and_then(|s| s.service.clone());
+                (Cow::Borrowed(crs), service, None)
+            }
+            None => {
+                let (service, failure) =
+                    self.service_outcome(sync_service(crs, ctx, self.ns).await)?;
+                (Cow::Borrowed(crs), service, failure)
+            }
         };
         let observed = Observed {
             claimed: planner::claimed(self.desired, self.pods).collect(),
@@ -220,7 +226,7 @@ impl StatusPass<'_> {
         let deferred = status_deferred(ctx, key, base.status.as_ref(), &new_status);
         if base.status.as_ref() == Some(&new_status) || deferred.is_some() {
             return Ok(Settled {
-                status: base.status,
+                status: base.status.clone(),
                 service,
                 service_failure,
                 recheck,
