@@ -281,15 +281,12 @@ impl Bench {
                         self.measured(round, arm, idle, work).await?
                     }
                     "watch none" | "watch json" | "watch protobuf" => {
-                        // The pods of the first create arm of this round.
-                        let selector = "app=wire";
+                        // `pods` of the pods created so far; the watch starts at the list.
                         let list = pod_api
-                            .list_metadata(&ListParams::default().labels(selector).limit(1))
+                            .list_metadata(&ListParams::default().labels("app=wire"))
                             .await?;
                         let rv = list.metadata.resource_version.unwrap_or_default();
-                        let targets: Vec<String> = pod_api
-                            .list_metadata(&ListParams::default().labels(selector))
-                            .await?
+                        let targets: Vec<String> = list
                             .items
                             .into_iter()
                             .filter_map(|p| p.metadata.name)

@@ -39,10 +39,7 @@ async fn dashboard(
     how: Invocation,
 ) -> (Process, String) {
     let port = free_port();
-    let logs = repo_root().join("target/e2e-logs");
-    std::fs::create_dir_all(&logs).expect("create target/e2e-logs");
-    let log = logs.join(format!("dashboard-{namespace}-{port}.log"));
-    let out = std::fs::File::create(&log).expect("create the dashboard log");
+    let (_, out) = new_log(&format!("dashboard-{namespace}-{port}.log"));
     let binary = env!("CARGO_BIN_EXE_crane-operator");
     let mut command = match how {
         Invocation::Binary => Command::new(binary),

@@ -32,6 +32,16 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A new log file `target/e2e-logs/<name>` for a process a test starts: its path and the
+/// file.
+pub fn new_log(name: &str) -> (PathBuf, File) {
+    let logs = repo_root().join("target/e2e-logs");
+    std::fs::create_dir_all(&logs).expect("create target/e2e-logs");
+    let log = logs.join(name);
+    let file = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    (log, file)
+}
+
 /// The kubeconfig the tests and the operator use.
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("KUBECONFIG")
@@ -145,10 +155,7 @@ impl Operator {
     fn spawn(namespace: &str, extra_args: &[&str], kubeconfig: &std::path::Path) -> Self {
         let port = free_port();
         let metrics_addr = format!("127.0.0.1:{port}");
-        let logs = repo_root().join("target/e2e-logs");
-        std::fs::create_dir_all(&logs).expect("create target/e2e-logs");
-        let log = logs.join(format!("{namespace}-{port}.log"));
-        let out = File::create(&log).expect("create the operator log");
+        let (log, out) = new_log(&format!("{namespace}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_crane-operator"))
             .args([
                 "run",
