@@ -215,7 +215,7 @@ impl Context {
     }
 }
 
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,

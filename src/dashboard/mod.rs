@@ -24,14 +24,15 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::CraneReplicaSet;
+use crate::api::{CraneReplicaSet, UpdateStrategyType};
+use crate::controller::api_for;
 use crate::service::OWNER_LABEL;
 use view::{Scope, Snapshot};
 
@@ -81,27 +82,33 @@ impl Cluster {
             synced: Mutex::new(Vec::new()),
         });
         // Only the objects the operator labels: the pods it created or adopted, its Services.
-        let owned = watcher::Config::default().labels(OWNER_LABEL);
-        let all = watcher::Config::default();
+        // Like the controller's watches: any resourceVersion for the lists, and no managed
+        // fields kept (a page never shows them; they are most of a pod's size).
+        let owned = watcher::Config::default()
+            .labels(OWNER_LABEL)
+            .any_semantic();
+        let all = watcher::Config::default().any_semantic();
+        let ns = scope.namespace();
+        let weak = || Arc::downgrade(&cluster);
         tokio::spawn(follow(
-            Arc::downgrade(&cluster),
+            weak(),
             WATCHES[0],
-            reflector::reflector(crs_writer, watcher(api(&client, &scope), all.clone())),
+            reflector::reflector(crs_writer, lean(api_for(&client, ns), all.clone())),
         ));
         tokio::spawn(follow(
-            Arc::downgrade(&cluster),
+            weak(),
             WATCHES[1],
-            reflector::reflector(pod_writer, watcher(api(&client, &scope), owned.clone())),
+            reflector::reflector(pod_writer, lean(api_for(&client, ns), owned.clone())),
         ));
         tokio::spawn(follow(
-            Arc::downgrade(&cluster),
+            weak(),
             WATCHES[2],
-            reflector::reflector(svc_writer, watcher(api(&client, &scope), owned)),
+            reflector::reflector(svc_writer, lean(api_for(&client, ns), owned)),
         ));
         tokio::spawn(follow(
-            Arc::downgrade(&cluster),
+            weak(),
             WATCHES[3],
-            reflector::reflector(event_writer, watcher(api(&client, &scope), all)),
+            reflector::reflector(event_writer, lean(api_for(&client, ns), all)),
         ));
         cluster
     }
@@ -149,15 +156,15 @@ impl Cluster {
     }
 }
 
-fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+/// A watch of `api` whose objects are kept without their managed fields.
+fn lean<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    match scope {
-        Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
-        Scope::All => Api::all(client.clone()),
-    }
+    watcher(api, config).modify(|o| o.meta_mut().managed_fields = None)
 }
 
 /// Drives one reflector until the dashboard is gone; a failing watch is retried with the
@@ -196,11 +203,11 @@ fn explain(e: &watcher::Error) -> String {
 struct Shared {
     cluster: Arc<Cluster>,
     /// Host header values the server answers to (DNS-rebinding protection).
-    hosts: Arc<Vec<String>>,
+    hosts: Arc<Hosts>,
 }
 
 /// The dashboard's routes, for `cluster`, answering to `hosts`.
-pub fn router(cluster: Arc<Cluster>, hosts: Vec<String>) -> Router {
+pub fn router(cluster: Arc<Cluster>, hosts: Hosts) -> Router {
     let shared = Shared {
         cluster,
         hosts: Arc::new(hosts),
@@ -225,22 +232,55 @@ pub fn router(cluster: Arc<Cluster>, hosts: Vec<String>) -> Router {
         .with_state(shared)
 }
 
-/// The Host names a server on `address` answers to.
-pub fn allowed_hosts(address: SocketAddr) -> Vec<String> {
-    let port = address.port();
-    let mut hosts = vec![
-        format!("127.0.0.1:{port}"),
-        format!("localhost:{port}"),
-        format!("[::1]:{port}"),
-    ];
-    let own = match address.ip() {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-        ip => format!("{ip}:{port}"),
-    };
-    if !address.ip().is_unspecified() && !hosts.contains(&own) {
-        hosts.push(own);
+/// The Host header values a server on one address answers to (DNS-rebinding protection):
+/// the loopback names and its own address; on an unspecified address (`0.0.0.0`, `::`),
+/// any IP address of the machine, which no DNS name of another site can stand for.
+#[derive(Clone, Debug)]
+pub struct Hosts {
+    names: Vec<String>,
+    port: u16,
+    any_ip: bool,
+}
+
+impl Hosts {
+    pub fn for_address(address: SocketAddr) -> Self {
+        let port = address.port();
+        let mut names = vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ];
+        let any_ip = address.ip().is_unspecified();
+        let own = address.to_string();
+        if !any_ip && !names.contains(&own) {
+            names.push(own);
+        }
+        Hosts {
+            names,
+            port,
+            any_ip,
+        }
     }
-    hosts
+
+    fn allows(&self, host: &str) -> bool {
+        self.names.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || (self.any_ip
+                && host
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.port() == self.port))
+    }
+
+    fn describe(&self) -> String {
+        let names = self.names.join(", ");
+        if self.any_ip {
+            format!(
+                "{names} and this machine's IP addresses on port {}",
+                self.port
+            )
+        } else {
+            names
+        }
+    }
 }
 
 /// Refuses requests for another host name (a DNS-rebinding page) and actions without the
@@ -251,10 +291,10 @@ async fn guard(State(s): State<Shared>, request: Request, next: Next) -> Respons
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    if !s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+    if !s.hosts.allows(host) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
-            format!("this dashboard answers only to {}\n", s.hosts.join(", ")),
+            format!("this dashboard answers only to {}\n", s.hosts.describe()),
         )
             .into_response();
     }
@@ -409,7 +449,25 @@ async fn scale(
     }
 }
 
+/// Why a restart of `crs` is refused: only a RollingUpdate object replaces its pods when
+/// its template changes (the page disables the button; a request from elsewhere is told).
+fn restart_refused(crs: &CraneReplicaSet) -> Option<String> {
+    (crs.spec.update_strategy.type_ != UpdateStrategyType::RollingUpdate).then(|| {
+        format!(
+            "{} has updateStrategy OnDelete: a restart would replace no pod (delete its pods instead)",
+            crs.name_any()
+        )
+    })
+}
+
 async fn restart(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let shown = s
+        .cluster
+        .crs
+        .get(&ObjectRef::<CraneReplicaSet>::new(&name).within(&ns));
+    if let Some(refused) = shown.as_deref().and_then(restart_refused) {
+        return failure(StatusCode::CONFLICT, &refused);
+    }
     let api: Api<CraneReplicaSet> = Api::namespaced(s.cluster.client.clone(), &ns);
     let now = jiff::Timestamp::now().to_string();
     let patch = Patch::Merge(json!({
@@ -455,8 +513,64 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
-    let app = router(cluster, allowed_hosts(address));
+    let app = router(cluster, Hosts::for_address(address));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_dashboard_answers_only_to_loopback_names() {
+        let hosts = Hosts::for_address("127.0.0.1:8001".parse().unwrap());
+        for host in [
+            "127.0.0.1:8001",
+            "localhost:8001",
+            "LOCALHOST:8001",
+            "[::1]:8001",
+        ] {
+            assert!(hosts.allows(host), "{host}");
+        }
+        for host in ["evil.example:8001", "10.0.0.7:8001", "127.0.0.1:9000", ""] {
+            assert!(!hosts.allows(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_dashboard_on_every_address_answers_to_ip_addresses_but_no_other_name() {
+        let hosts = Hosts::for_address("0.0.0.0:8001".parse().unwrap());
+        for host in ["10.0.0.7:8001", "[fd00::7]:8001", "localhost:8001"] {
+            assert!(hosts.allows(host), "{host}");
+        }
+        // A DNS name can point anywhere (DNS rebinding); another port is another server.
+        for host in ["evil.example:8001", "10.0.0.7:9000", "10.0.0.7"] {
+            assert!(!hosts.allows(host), "{host}");
+        }
+        let own = Hosts::for_address("[fd00::7]:8001".parse().unwrap());
+        assert!(own.allows("[fd00::7]:8001"));
+        assert!(!own.allows("10.0.0.7:8001"), "only its own address");
+    }
+
+    #[test]
+    fn only_a_rolling_update_object_is_restarted() {
+        let object = |strategy: &str| -> CraneReplicaSet {
+            serde_json::from_value(json!({
+                "apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet",
+                "metadata": {"name": "crane", "namespace": "default"},
+                "spec": {"replicas": 1, "updateStrategy": {"type": strategy},
+                         "template": {"metadata": {"labels": {"app": "crane"}},
+                         "spec": {"containers": [{"name": "app", "image": "x"}]}}}
+            }))
+            .unwrap()
+        };
+        assert_eq!(restart_refused(&object("RollingUpdate")), None);
+        let refused = restart_refused(&object("OnDelete")).expect("refused");
+        assert!(
+            refused.contains("crane has updateStrategy OnDelete"),
+            "{refused}"
+        );
+    }
 }

@@ -28,6 +28,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The namespace watched, or None for all of them.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Scope::Namespace(ns) => Some(ns),
+            Scope::All => None,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Scope::Namespace(ns) => format!("namespace {ns}"),
@@ -246,7 +254,7 @@ pub fn overview(s: &Snapshot) -> Markup {
                         @let issue = st.pod_issues.first();
                         tr data-name=(c.name_any()) data-namespace=(ns) {
                             @if all { td { (ns) } }
-                            td { a href=(format!("/crs/{ns}/{}", c.name_any())) { (c.name_any()) } }
+                            td { a id=(format!("open-{ns}-{}", c.name_any())) href=(format!("/crs/{ns}/{}", c.name_any())) { (c.name_any()) } }
                             td.num.desired { (c.spec.replicas) }
                             td.num.current { (st.replicas) }
                             td.num.ready { (st.ready_replicas) }
@@ -364,7 +372,7 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
             form #scale data-namespace=(ns) data-name=(name) {
                 label for="replicas" { "Replicas" }
                 input #replicas type="number" min="0" name="replicas" value=(c.spec.replicas) required;
-                button type="submit" { "Scale" }
+                button #scale-submit type="submit" { "Scale" }
             }
             button #restart type="button" data-namespace=(ns) data-name=(name) disabled[!rolling]
                 title=(if rolling { "Replace every pod, a few at a time" } else { "Only for updateStrategy RollingUpdate" }) { "Restart" }
@@ -576,7 +584,7 @@ mod tests {
     fn the_overview_lists_counts_address_link_and_top_issue() {
         let html = text(overview(&snapshot(vec![crs("crane", 3)], vec![])));
         assert!(
-            html.contains(r#"<a href="/crs/default/crane">crane</a>"#),
+            html.contains(r#"<a id="open-default-crane" href="/crs/default/crane">crane</a>"#),
             "{html}"
         );
         assert!(html.contains(r#"<td class="num desired">3</td>"#), "{html}");

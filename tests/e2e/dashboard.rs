@@ -232,7 +232,9 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
         LONG,
         || async {
             text_is(&browser, "tr[data-name=crane] td.desired", "2").await?;
+            text_is(&browser, "tr[data-name=crane] td.current", "2").await?;
             text_is(&browser, "tr[data-name=crane] td.ready", "2").await?;
+            text_is(&browser, "tr[data-name=crane] td.available", "2").await?;
             text_is(&browser, "tr[data-name=crane] td.status", "Ready").await
         },
     )
@@ -266,6 +268,20 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
             Ok(())
         } else {
             Err(format!("pods shown: {shown:?}"))
+        }
+    })
+    .await;
+    // Its Service (the book's 8080 → the app's 7070) and its conditions.
+    wait_for("crane's Service and Ready condition", LONG, || async {
+        let service = text(&browser, "#service").await?;
+        if !(service.contains("LoadBalancer") && service.contains("8080 → 7070/TCP")) {
+            return Err(format!("the Service reads {service:?}"));
+        }
+        let ready = text(&browser, "#conditions tr[data-type=Ready]").await?;
+        if ready.split_whitespace().take(2).eq(["Ready", "True"]) {
+            Ok(())
+        } else {
+            Err(format!("the Ready condition reads {ready:?}"))
         }
     })
     .await;
@@ -334,6 +350,79 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     })
     .await;
     screenshot(&browser, "dashboard-crane-light.png").await;
+
+    // --- delete a pod from the page; Escape cancels (after a confirmed action too) -------
+    let live_pods = |shown: Vec<(String, String)>| -> Vec<String> {
+        shown
+            .into_iter()
+            .filter(|(_, s)| s != "Terminating")
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let shown = live_pods(pods_shown(&browser).await.expect("the pods table"));
+    let (kept, deleted) = (shown[0].clone(), shown[1].clone());
+    let kept_uid = env.pods().get(&kept).await.expect("get the kept pod").uid();
+    click(
+        &browser,
+        "the kept pod's Delete",
+        Locator::Css(&format!("button.delete-pod[data-pod='{kept}']")),
+    )
+    .await;
+    wait_for("the confirmation dialog", SHORT, || async {
+        browser
+            .find(Locator::Css("dialog#confirm[open]"))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    browser
+        .active_element()
+        .await
+        .expect("the focused element")
+        .send_keys(&fantoccini::key::Key::Escape.to_string())
+        .await
+        .expect("press Escape");
+    wait_for("the dialog to close", SHORT, || async {
+        let open = browser
+            .execute("return document.getElementById('confirm').open;", vec![])
+            .await
+            .map_err(|e| e.to_string())?;
+        if open == json!(false) {
+            Ok(())
+        } else {
+            Err("still open".to_string())
+        }
+    })
+    .await;
+    confirm(
+        &browser,
+        &format!("button.delete-pod[data-pod='{deleted}']"),
+    )
+    .await;
+    let deleted_notice = format!("pod {deleted} deleted: watch its replacement appear");
+    wait_for("the notice to say the pod was deleted", SHORT, || {
+        text_is(&browser, "#notice", &deleted_notice)
+    })
+    .await;
+    let after_escape = env.pods().get(&kept).await.expect("the kept pod is there");
+    assert_eq!(after_escape.uid(), kept_uid);
+    assert!(
+        after_escape.metadata.deletion_timestamp.is_none(),
+        "Escape deleted {kept}"
+    );
+    wait_for(
+        "a replacement for the pod deleted from the page",
+        LONG,
+        || async {
+            let live = live_pods(pods_shown(&browser).await?);
+            if live.len() == 3 && !live.contains(&deleted) && live.contains(&kept) {
+                Ok(())
+            } else {
+                Err(format!("live pods shown: {live:?}"))
+            }
+        },
+    )
+    .await;
     click(&browser, "the theme button", Locator::Css("#theme")).await;
     wait_for("the dark theme", SHORT, || async {
         let theme = browser

@@ -39,6 +39,9 @@ function follow() {
 function confirmed(text) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = text;
+  // Escape closes the dialog without touching returnValue: it must not still say "ok"
+  // from the last confirmation.
+  dialog.returnValue = "";
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
     dialog.showModal();
