@@ -333,6 +333,9 @@ check "startupProbe: on the container" renders Deployment 'spec.template.spec.co
 check "schema refuses an unknown probe field (livenessProbe.initialDelay)" refused "livenessProbe.*initialDelay" --set livenessProbe.initialDelay=3
 check "schema refuses two probe handlers (readinessProbe.tcpSocket)" refused "readinessProbe.*oneOf" --set readinessProbe.tcpSocket.port=8080
 check "schema refuses startupProbe.periodSeconds=0" refused "startupProbe/periodSeconds.*minimum" --set-json "startupProbe=$startup" --set startupProbe.periodSeconds=0
+check "metrics.bindAddress: IPv4 by default" renders Deployment 'spec.template.spec.containers[0].args[1]' '"--metrics-addr=0.0.0.0:8080"'
+check "metrics.bindAddress=:: listens on IPv6 (and IPv4 on a dual-stack pod)" renders Deployment 'spec.template.spec.containers[0].args[1]' '"--metrics-addr=[::]:8080"' --set metrics.bindAddress=::
+check "schema refuses metrics.bindAddress=localhost" refused "metrics/bindAddress.*must be one of" --set metrics.bindAddress=localhost
 check "serviceAccount.automount=false: on the ServiceAccount" renders ServiceAccount automountServiceAccountToken false --set serviceAccount.automount=false
 check "serviceAccount.automount=false: the operator pods still mount their token" renders Deployment spec.template.spec.automountServiceAccountToken true --set serviceAccount.automount=false
 check "schema refuses serviceAccount.automount=yes" refused "serviceAccount/automount.*boolean" --set-string serviceAccount.automount=yes

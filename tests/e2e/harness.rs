@@ -153,8 +153,24 @@ impl Operator {
     }
 
     fn spawn(namespace: &str, extra_args: &[&str], kubeconfig: &std::path::Path) -> Self {
-        let port = free_port();
-        let metrics_addr = format!("127.0.0.1:{port}");
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        Self::spawn_with(
+            namespace,
+            metrics_addr,
+            extra_args,
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+        )
+    }
+
+    /// The operator binary for one namespace, serving its metrics on `metrics_addr`, with
+    /// `envs` (KUBECONFIG among them, or a kubeconfig in `extra_args`).
+    pub fn spawn_with(
+        namespace: &str,
+        metrics_addr: String,
+        extra_args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        let port = metrics_addr.rsplit(':').next().unwrap_or_default();
         let (log, out) = new_log(&format!("{namespace}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_crane-operator"))
             .args([
@@ -165,7 +181,8 @@ impl Operator {
                 &metrics_addr,
             ])
             .args(extra_args)
-            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBECONFIG")
+            .envs(envs.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,crane_operator=debug".into()),

@@ -255,3 +255,62 @@ async fn sigterm_releases_the_leader_lease() {
     );
     env.cleanup().await;
 }
+
+/// As kubectl users and container platforms run it: KUBECONFIG naming two files (the first
+/// one's current context a cluster nobody serves) and `--context` naming the real one,
+/// leader election switched on by `CRANE_LEADER_ELECT=1` (a boolean as environments spell
+/// it), and the metrics served on the IPv6 loopback.
+#[tokio::test]
+async fn the_operator_takes_a_context_a_boolean_env_and_an_ipv6_metrics_address() {
+    let env = TestEnv::without_operator("cli").await;
+    let admin =
+        kube::config::Kubeconfig::read_from(kubeconfig_path()).expect("read the kubeconfig");
+    let real = admin.current_context.clone().expect("a current context");
+    let user = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == real)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.user.clone())
+        .expect("the current context's user");
+    // JSON is YAML: a kubeconfig whose current context points at a port nobody listens on.
+    let elsewhere = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "elsewhere", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "elsewhere", "context": {"cluster": "elsewhere", "user": user}}],
+        "current-context": "elsewhere",
+    });
+    let dir = repo_root().join("target/e2e-kubeconfigs");
+    std::fs::create_dir_all(&dir).expect("create target/e2e-kubeconfigs");
+    let first = dir.join(format!("{}-elsewhere.kubeconfig", env.ns));
+    std::fs::write(&first, elsewhere.to_string()).expect("write the kubeconfig");
+    let kubeconfig = std::env::join_paths([first, kubeconfig_path()]).expect("KUBECONFIG");
+
+    let metrics_addr = format!("[::1]:{}", free_port());
+    let operator = Operator::spawn_with(
+        &env.ns,
+        metrics_addr,
+        &["--context", &real, "--leader-elect-namespace", &env.ns],
+        &[
+            ("KUBECONFIG", kubeconfig.as_os_str()),
+            ("CRANE_LEADER_ELECT", "1".as_ref()),
+        ],
+    );
+    wait_for(
+        "the operator to lead, as its metrics on [::1] say",
+        LONG,
+        || async {
+            match leader_gauge(&operator).await? {
+                1.0 => Ok(()),
+                v => Err(format!("crane_operator_leader = {v}")),
+            }
+        },
+    )
+    .await;
+    let holder = env.lease_holder().await.expect("read the Lease");
+    assert!(holder.is_some(), "CRANE_LEADER_ELECT=1 took no Lease");
+    env.create(crane("crane", 1)).await;
+    env.wait_ready("crane", 1, LONG).await;
+    drop(operator);
+    env.cleanup().await;
+}

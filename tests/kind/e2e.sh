@@ -47,6 +47,7 @@ NOT_HERE='
 operations::metrics_and_health_endpoints                         scrapes /metrics of the operator process the test starts; here the operator runs in the cluster
 failures::a_permanently_failing_crane_replica_set_backs_off_and_delays_no_one  reads the reconcile-error counter of the operator process the test starts
 operations::leader_election_hands_over_without_extra_pods       starts operator processes of its own, which the in-cluster operator (all namespaces) would compete with
+operations::the_operator_takes_a_context_a_boolean_env_and_an_ipv6_metrics_address  starts an operator process of its own, which the in-cluster operator would compete with
 operations::sigterm_exits_cleanly                                signals an operator process it starts
 operations::sigterm_releases_the_leader_lease                    signals an operator process it starts
 rbac::namespaced_role_suffices_and_is_minimal                    runs an operator process of its own with the chart RBAC token, which the in-cluster operator would compete with
