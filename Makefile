@@ -58,8 +58,8 @@ incluster: cluster image ## The operator in-cluster from its image on crane-node
 	tests/incluster/test.sh
 
 e2e: cluster ## End-to-end tests on the local cluster (or KUBECONFIG), the dashboard's in headless Chromium
+	@hack/debian-packages.sh "make e2e (the dashboard's browser test, smoke's port checks)" chromium:chromium chromedriver:chromium-driver python3:python3
 	tests/cluster/smoke.sh
-	@hack/debian-packages.sh "make e2e (the dashboard's browser test)" chromium:chromium chromedriver:chromium-driver
 	@# Namespaces an interrupted earlier run left behind would hold the nodes' pod slots.
 	source tests/cluster/env.sh && kubectl delete namespace -l crane.dev/e2e=true --ignore-not-found --timeout=120s
 	source tests/cluster/env.sh && $(CARGO) test --locked --test e2e -- --test-threads $(E2E_THREADS)

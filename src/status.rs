@@ -206,21 +206,28 @@ fn kstatus(
         "{} of {desired} pods available, {} up to date",
         status.available_replicas, status.updated_replicas
     );
-    let stalled = failure
-        .map(|f| (f.reason.to_string(), f.message))
-        .or_else(|| {
-            let top = status.pod_issues.first()?;
-            PERSISTENT_ISSUES.contains(&top.reason.as_str()).then(|| {
-                let message = format!(
-                    "{} of {desired} pods: {} (e.g. {}); {}",
-                    top.count, top.reason, top.example_pod, top.hint
-                );
-                (top.reason.clone(), message)
-            })
-        });
-    let ready = status.replicas == desired
+    let failed = failure.map(|f| (f.reason.to_string(), f.message));
+    let pods_stuck = status.pod_issues.first().and_then(|top| {
+        PERSISTENT_ISSUES.contains(&top.reason.as_str()).then(|| {
+            let message = format!(
+                "{} of {desired} pods: {} (e.g. {}); {}",
+                top.count, top.reason, top.example_pod, top.hint
+            );
+            (top.reason.clone(), message)
+        })
+    });
+    let pods_ready = status.replicas == desired
         && status.available_replicas == desired
         && (!rolling || status.updated_replicas == desired);
+    // A failure (pods it cannot create or delete, a Service it cannot make: DESIGN's
+    // "FailedCreate, quota, Service conflict") stalls the object even while every desired
+    // pod is available: what it was asked for is not all there, and only a fix makes it so.
+    // Pods stuck in a persistent issue stall it only while they keep it from being ready.
+    let (ready, stalled) = match failed {
+        Some(f) => (false, Some(f)),
+        None if pods_ready => (true, None),
+        None => (false, pods_stuck),
+    };
     let progress = if status.replicas < desired {
         "ScalingUp"
     } else if status.replicas > desired {
@@ -549,6 +556,41 @@ mod tests {
                 "{situation}: every condition names its generation"
             );
         }
+    }
+
+    /// DESIGN: Stalled for FailedCreate, quota and a Service conflict. A conflict leaves
+    /// the pods serving but no Service: `kubectl wait --for=condition=Ready` and Helm's
+    /// `--wait` must not report the object done.
+    #[test]
+    fn a_service_it_cannot_make_stalls_an_object_whose_pods_are_available() {
+        let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(100);
+        let crs = crane(2);
+        let pods = [pod("a"), pod("b")];
+        let observed = Observed {
+            service_failure: Some(Failure {
+                reason: "ServiceConflict",
+                message: "Service crane-http exists and is not ours".into(),
+            }),
+            ..observe(&pods, None, now)
+        };
+        let (st, _) = compute(&crs, &app_crane(), observed);
+        assert_eq!(
+            kstatus_of(&st),
+            row("False", "False", "True", "ServiceConflict")
+        );
+        assert_eq!(st.available_replicas, 2, "the counts still say the pods serve");
+        let (fixed, _) = compute(
+            &CraneReplicaSet {
+                status: Some(st),
+                ..crs.clone()
+            },
+            &app_crane(),
+            observe(&pods, None, now + SignedDuration::from_secs(5)),
+        );
+        assert_eq!(
+            kstatus_of(&fixed),
+            row("True", "False", "False", "AllPodsAvailable")
+        );
     }
 
     #[test]

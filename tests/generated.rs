@@ -87,6 +87,19 @@ mod chart_queries {
         assert!(panels.iter().all(|p| p["targets"].is_array()));
         let mut exprs = Vec::new();
         dashboard_exprs(&dashboard, &mut exprs);
+        // The variables' queries too (`label_values(<metric>, job)`): a variable whose
+        // metric is gone leaves every panel that uses it empty.
+        let variables = dashboard["templating"]["list"]
+            .as_array()
+            .expect("templating");
+        let queries: Vec<String> = variables
+            .iter()
+            .filter(|v| v["type"] == "query")
+            .flat_map(|v| [&v["definition"], &v["query"]["query"], &v["query"]])
+            .filter_map(|q| q.as_str().map(str::to_string))
+            .collect();
+        assert!(!queries.is_empty(), "{file}: no query variable");
+        exprs.extend(queries);
         assert_all_exported(file, &exprs);
     }
 

@@ -25,6 +25,8 @@ timeout=${CRANE_SMOKE_TIMEOUT:-60}
 k() { kubectl --request-timeout=10s "$@"; }
 # shellcheck source=SCRIPTDIR/checks.sh
 source "$here/checks.sh"
+# shellcheck source=SCRIPTDIR/port.sh
+source "$here/port.sh"
 
 cleanup() { k delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1 || true; }
 
@@ -248,6 +250,38 @@ EOF
   [ -z "$why" ]
 }
 
+# The API server of a cluster just deleted still holds its port for a moment: up.sh waits
+# for it (bounded) instead of failing "port 26443 is already in use". A listener on a free
+# port stands in for it, and exits 2 s after it starts.
+listen_on() {
+  python3 -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(float(sys.argv[2]))' "$1" "$2" &
+  listener=$!
+  poll 10 port_taken "$1" || { why="the listener on port $1 did not come up"; return 1; }
+}
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port_freed_is_waited_for() {
+  local port
+  port=$(free_port)
+  listen_on "$port" 2 || return 1
+  if ! wait_port_free "$port" 30; then
+    why="port $port still taken after 30 s"
+    kill "$listener"
+    return 1
+  fi
+  wait "$listener" || { why="the listener failed"; return 1; }
+}
+port_held_is_reported() {
+  local port rc=0
+  port=$(free_port)
+  listen_on "$port" 60 || return 1
+  wait_port_free "$port" 1 || rc=$?
+  kill "$listener"
+  wait "$listener" 2>/dev/null || true
+  [ "$rc" -ne 0 ] || { why="wait_port_free returned while port $port was still held"; return 1; }
+}
+
 check "API server reachable" reachable
 if [ "${#failures[@]}" -gt 0 ]; then summary; fi
 trap cleanup EXIT
@@ -271,5 +305,7 @@ check "it answers through a NodePort of $NODE_NAME" hello_through NodePort
 check "it answers through its LoadBalancer address" hello_through LoadBalancer
 check "kubectl logs reaches the kubelet" hello_logs
 check "a CRD just created is waited for until Established (make run's first start)" crd_established_wait
+check "a port freed a moment later is waited for (make cluster right after make cluster-down)" port_freed_is_waited_for
+check "a port held for good is not waited for beyond the bound" port_held_is_reported
 check "deleting the namespace completes (namespace controller)" namespace_deleted
 summary

@@ -224,10 +224,10 @@ if [ -e "$cluster_dir" ]; then
 fi
 
 # --- create ---------------------------------------------------------------------------
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+# shellcheck source=SCRIPTDIR/port.sh
+source "$here/port.sh"
 # An API server of the cluster just deleted may take a few seconds to exit and free it.
-for _ in $(seq 1 60); do port_taken || break; sleep 0.5; done
-if port_taken; then
+if ! wait_port_free "$port" 30; then
   if command -v ss >/dev/null; then
     ss -ltnp "sport = :$port" >&2 || true
   else

@@ -80,6 +80,18 @@ async fn resource_quota_gives_failed_create_until_lifted() {
         message.contains("exceeded quota"),
         "the message names the quota: {message}"
     );
+    // kstatus: it cannot progress without a fix, so Stalled says why, and it is not Ready.
+    let st = env.status("crane").await.expect("the status");
+    let stalled = st.conditions.iter().find(|c| c.type_ == "Stalled");
+    assert!(
+        stalled.is_some_and(|c| c.status == "True" && c.reason == "FailedCreate"),
+        "Stalled: {stalled:?}"
+    );
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+    assert!(
+        ready.is_some_and(|c| c.status == "False"),
+        "Ready: {ready:?}"
+    );
 
     let warnings = wait_for("FailedCreate Warning events", SHORT, || async {
         let events = env.events_for("crane", "FailedCreate").await?;

@@ -361,6 +361,15 @@ async fn scenario(test: &str, scope: Scope) {
         },
     )
     .await;
+    // kstatus: a Service it may not take is a fix only a person can make: Stalled.
+    wait_for("Stalled True for the ServiceConflict", SHORT, || async {
+        let stalled = env.condition("conflict", "Stalled").await?;
+        match &stalled {
+            Some(c) if c.status == "True" && c.reason == "ServiceConflict" => Ok(()),
+            _ => Err(format!("Stalled: {stalled:?}")),
+        }
+    })
+    .await;
 
     // events create: on the CraneReplicaSet, as kubectl describe shows them.
     wait_for(

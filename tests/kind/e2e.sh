@@ -113,7 +113,12 @@ log "$(($(wc -l <"$work/tests") - ${#skips[@]} / 2)) of $(wc -l <"$work/tests") 
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building image $image"
-  docker build -t "$image" "$root"
+  # BuildKit attaches a provenance attestation by default, and an image carrying one is an
+  # index that `kind load` cannot import into the nodes (kind issue 3795). The legacy
+  # builder has no such flag (and attaches none).
+  no_provenance=()
+  if docker buildx version >/dev/null 2>&1; then no_provenance=(--provenance=false); fi
+  docker build "${no_provenance[@]}" -t "$image" "$root"
 fi
 log "building the suite's pod image (hack/image.sh crane-app)"
 "$root/hack/image.sh" crane-app
