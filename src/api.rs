@@ -284,9 +284,10 @@ pub struct CraneReplicaSetStatus {
     pub selector: Option<String>,
     /// metav1.Conditions, one per type, each with the generation it describes. kstatus
     /// (Helm's --wait, Flux, Argo CD, kubectl wait) reads Ready (every desired pod available
-    /// on the current generation), Reconciling (converging) and Stalled (cannot progress:
-    /// failed creations, a Service conflict, pods that cannot start); the details are in
-    /// ReplicaFailure (FailedCreate / FailedDelete), ServiceFailure and PodsReady.
+    /// on the current generation, and nothing failed), Reconciling (converging) and Stalled
+    /// (cannot progress: failed creations or deletions and a Service it cannot make, even
+    /// while the pods serve; pods that cannot start); the details are in ReplicaFailure
+    /// (FailedCreate / FailedDelete), ServiceFailure and PodsReady.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The Service that exposes the pods, when there is one.
