@@ -578,7 +578,10 @@ mod tests {
             kstatus_of(&st),
             row("False", "False", "True", "ServiceConflict")
         );
-        assert_eq!(st.available_replicas, 2, "the counts still say the pods serve");
+        assert_eq!(
+            st.available_replicas, 2,
+            "the counts still say the pods serve"
+        );
         let (fixed, _) = compute(
             &CraneReplicaSet {
                 status: Some(st),

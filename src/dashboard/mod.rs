@@ -234,7 +234,8 @@ pub fn router(cluster: Arc<Cluster>, hosts: Hosts) -> Router {
 
 /// The Host header values a server on one address answers to (DNS-rebinding protection):
 /// the loopback names and its own address; on an unspecified address (`0.0.0.0`, `::`),
-/// any IP address of the machine, which no DNS name of another site can stand for.
+/// any IP address too: a browser sends one only when it reached the server by that
+/// address, and no DNS name of another site can stand for it.
 #[derive(Clone, Debug)]
 pub struct Hosts {
     names: Vec<String>,
