@@ -206,8 +206,8 @@ fn kstatus(
         "{} of {desired} pods available, {} up to date",
         status.available_replicas, status.updated_replicas
     );
-    let failed = failure.map(|f| (f.reason.to_string(), f.message));
-    let pods_stuck = status.pod_issues.first().and_then(|top| {
+    let pods_stuck = || {
+        let top = status.pod_issues.first()?;
         PERSISTENT_ISSUES.contains(&top.reason.as_str()).then(|| {
             let message = format!(
                 "{} of {desired} pods: {} (e.g. {}); {}",
@@ -215,7 +215,7 @@ fn kstatus(
             );
             (top.reason.clone(), message)
         })
-    });
+    };
     let pods_ready = status.replicas == desired
         && status.available_replicas == desired
         && (!rolling || status.updated_replicas == desired);
@@ -223,10 +223,10 @@ fn kstatus(
     // "FailedCreate, quota, Service conflict") stalls the object even while every desired
     // pod is available: what it was asked for is not all there, and only a fix makes it so.
     // Pods stuck in a persistent issue stall it only while they keep it from being ready.
-    let (ready, stalled) = match failed {
-        Some(f) => (false, Some(f)),
+    let (ready, stalled) = match failure {
+        Some(f) => (false, Some((f.reason.to_string(), f.message))),
         None if pods_ready => (true, None),
-        None => (false, pods_stuck),
+        None => (false, pods_stuck()),
     };
     let progress = if status.replicas < desired {
         "ScalingUp"

@@ -451,7 +451,8 @@ async fn scale(
 }
 
 /// Why a restart of `crs` is refused: only a RollingUpdate object replaces its pods when
-/// its template changes (the page disables the button; a request from elsewhere is told).
+/// its template changes (the page disables its button with this reason; a request from
+/// elsewhere gets it as a 409).
 fn restart_refused(crs: &CraneReplicaSet) -> Option<String> {
     (crs.spec.update_strategy.type_ != UpdateStrategyType::RollingUpdate).then(|| {
         format!(
@@ -557,18 +558,16 @@ mod tests {
 
     #[test]
     fn only_a_rolling_update_object_is_restarted() {
-        let object = |strategy: &str| -> CraneReplicaSet {
-            serde_json::from_value(json!({
-                "apiVersion": "crane.dev/v1", "kind": "CraneReplicaSet",
-                "metadata": {"name": "crane", "namespace": "default"},
-                "spec": {"replicas": 1, "updateStrategy": {"type": strategy},
-                         "template": {"metadata": {"labels": {"app": "crane"}},
-                         "spec": {"containers": [{"name": "app", "image": "x"}]}}}
-            }))
-            .unwrap()
+        let object = |strategy| {
+            let mut crs = crate::api::fixtures::crane(1);
+            crs.spec.update_strategy.type_ = strategy;
+            crs
         };
-        assert_eq!(restart_refused(&object("RollingUpdate")), None);
-        let refused = restart_refused(&object("OnDelete")).expect("refused");
+        assert_eq!(
+            restart_refused(&object(UpdateStrategyType::RollingUpdate)),
+            None
+        );
+        let refused = restart_refused(&object(UpdateStrategyType::OnDelete)).expect("refused");
         assert!(
             refused.contains("crane has updateStrategy OnDelete"),
             "{refused}"

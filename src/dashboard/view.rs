@@ -374,8 +374,9 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
                 input #replicas type="number" min="0" name="replicas" value=(c.spec.replicas) required;
                 button #scale-submit type="submit" { "Scale" }
             }
-            button #restart type="button" data-namespace=(ns) data-name=(name) disabled[!rolling]
-                title=(if rolling { "Replace every pod, a few at a time" } else { "Only for updateStrategy RollingUpdate" }) { "Restart" }
+            @let refused = super::restart_refused(c);
+            button #restart type="button" data-namespace=(ns) data-name=(name) disabled[refused.is_some()]
+                title=(refused.as_deref().unwrap_or("Replace every pod, a few at a time")) { "Restart" }
         }
         h2 { "Pods" }
         @if pods.is_empty() {

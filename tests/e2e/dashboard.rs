@@ -144,6 +144,15 @@ async fn pods_shown(browser: &Browser) -> Result<Vec<(String, String)>, String> 
     Ok(shown)
 }
 
+/// The names of the pods the page lists that are not terminating.
+fn live(shown: &[(String, String)]) -> Vec<String> {
+    shown
+        .iter()
+        .filter(|(_, status)| status != "Terminating")
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 async fn screenshot(browser: &Browser, name: &str) {
     let png = browser.screenshot().await.expect("take a screenshot");
     let dir = repo_root().join("target/e2e-screenshots");
@@ -300,11 +309,10 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
         LONG,
         || async {
             let shown = pods_shown(&browser).await?;
-            let live: Vec<&(String, String)> =
-                shown.iter().filter(|(_, s)| s != "Terminating").collect();
+            let live = live(&shown);
             let replaced = live.len() == 2
-                && !live.iter().any(|(n, _)| *n == victim)
-                && live.iter().any(|(n, _)| !names(&before).contains(n));
+                && !live.contains(&victim)
+                && live.iter().any(|n| !names(&before).contains(n));
             if replaced {
                 Ok(())
             } else {
@@ -337,8 +345,7 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     wait_for("the page to show 3 desired and 3 pods", LONG, || async {
         text_is(&browser, "#desired", "3").await?;
         let shown = pods_shown(&browser).await?;
-        let live = shown.iter().filter(|(_, s)| s != "Terminating").count();
-        if live == 3 {
+        if live(&shown).len() == 3 {
             Ok(())
         } else {
             Err(format!("pods shown: {shown:?}"))
@@ -352,14 +359,7 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     screenshot(&browser, "dashboard-crane-light.png").await;
 
     // --- delete a pod from the page; Escape cancels (after a confirmed action too) -------
-    let live_pods = |shown: Vec<(String, String)>| -> Vec<String> {
-        shown
-            .into_iter()
-            .filter(|(_, s)| s != "Terminating")
-            .map(|(n, _)| n)
-            .collect()
-    };
-    let shown = live_pods(pods_shown(&browser).await.expect("the pods table"));
+    let shown = live(&pods_shown(&browser).await.expect("the pods table"));
     let (kept, deleted) = (shown[0].clone(), shown[1].clone());
     let kept_uid = env.pods().get(&kept).await.expect("get the kept pod").uid();
     click(
@@ -414,7 +414,7 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
         "a replacement for the pod deleted from the page",
         LONG,
         || async {
-            let live = live_pods(pods_shown(&browser).await?);
+            let live = live(&pods_shown(&browser).await?);
             if live.len() == 3 && !live.contains(&deleted) && live.contains(&kept) {
                 Ok(())
             } else {

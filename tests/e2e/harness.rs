@@ -789,23 +789,30 @@ pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Str
     }
 }
 
-/// A kubeconfig for the test cluster's API server (server and CA of the admin
-/// kubeconfig's current context) that authenticates with `token` only, written to
-/// `target/e2e-kubeconfigs/<name>.kubeconfig`; returns its path.
-pub fn token_kubeconfig(name: &str, token: &str) -> PathBuf {
-    let admin_path = kubeconfig_path();
-    let admin = Kubeconfig::read_from(&admin_path)
-        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", admin_path.display()));
-    let context_name = admin
+/// The test cluster's admin kubeconfig, the name of its current context and that context.
+pub fn admin_context() -> (Kubeconfig, String, kube::config::Context) {
+    let path = kubeconfig_path();
+    let admin = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
+    let name = admin
         .current_context
         .clone()
         .expect("the admin kubeconfig has a current-context");
     let context = admin
         .contexts
         .iter()
-        .find(|c| c.name == context_name)
+        .find(|c| c.name == name)
         .and_then(|c| c.context.clone())
-        .unwrap_or_else(|| panic!("no context {context_name} in {}", admin_path.display()));
+        .unwrap_or_else(|| panic!("no context {name} in {}", path.display()));
+    (admin, name, context)
+}
+
+/// A kubeconfig for the test cluster's API server (server and CA of the admin
+/// kubeconfig's current context) that authenticates with `token` only, written to
+/// `target/e2e-kubeconfigs/<name>.kubeconfig`; returns its path.
+pub fn token_kubeconfig(name: &str, token: &str) -> PathBuf {
+    let (admin, _, context) = admin_context();
+    let admin_path = kubeconfig_path();
     let cluster = admin
         .clusters
         .iter()

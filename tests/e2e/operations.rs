@@ -263,16 +263,8 @@ async fn sigterm_releases_the_leader_lease() {
 #[tokio::test]
 async fn the_operator_takes_a_context_a_boolean_env_and_an_ipv6_metrics_address() {
     let env = TestEnv::without_operator("cli").await;
-    let admin =
-        kube::config::Kubeconfig::read_from(kubeconfig_path()).expect("read the kubeconfig");
-    let real = admin.current_context.clone().expect("a current context");
-    let user = admin
-        .contexts
-        .iter()
-        .find(|c| c.name == real)
-        .and_then(|c| c.context.as_ref())
-        .map(|c| c.user.clone())
-        .expect("the current context's user");
+    let (_, real, context) = admin_context();
+    let user = context.user;
     // JSON is YAML: a kubeconfig whose current context points at a port nobody listens on.
     let elsewhere = serde_json::json!({
         "apiVersion": "v1", "kind": "Config",
