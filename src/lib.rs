@@ -8,6 +8,7 @@ pub mod api;
 pub mod client;
 pub mod controller;
 pub mod dashboard;
+pub mod decode;
 pub mod deletion_order;
 pub mod diagnostics;
 pub mod expectations;

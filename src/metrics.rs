@@ -72,6 +72,16 @@ pub const REQUEST_VERBS: [&str; 5] = ["GET", "POST", "PATCH", "PUT", "DELETE"];
 /// (throttling, server errors, no answer at all).
 pub const REQUEST_CODES_SEEDED: [&str; 5] = ["429", "500", "503", "504", "error"];
 
+/// A resource the operator watches, for what its watch had to skip.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `cranereplicasets`, `pods` or `services`.
+    pub resource: &'static str,
+}
+
+/// The resources the operator watches, each with a series from the start.
+pub const WATCHED_RESOURCES: [&str; 3] = ["cranereplicasets", "pods", "services"];
+
 /// One CraneReplicaSet.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
@@ -105,6 +115,12 @@ pub struct Metrics {
     /// From an object's first trigger to the start of its pass (controller-runtime's
     /// `workqueue_queue_duration_seconds`).
     pub workqueue_queue_duration: Histogram,
+    /// Objects the watches cannot decode now, by resource (see [`crate::decode`]).
+    pub undecodable_objects: Family<ResourceLabels, Gauge>,
+    /// Each time an object was found undecodable (once per object and reason).
+    pub decode_failures: Family<ResourceLabels, Counter>,
+    /// Events not sent because the queue to the API server was full (client-go drops too).
+    pub events_dropped: Counter,
     /// When each waiting object was first triggered.
     queued: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
@@ -225,7 +241,32 @@ impl Default for Metrics {
             "Time from a CraneReplicaSet's trigger to the start of its pass",
             workqueue_queue_duration.clone(),
         );
+        let undecodable_objects = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "undecodable_objects",
+            "Objects the operator's watches cannot decode (skipped, or for pods counted by their metadata), by resource",
+            undecodable_objects.clone(),
+        );
+        let decode_failures = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "decode_failures",
+            "Objects found undecodable, once per object and reason, by resource",
+            decode_failures.clone(),
+        );
+        for resource in WATCHED_RESOURCES {
+            let _ = undecodable_objects.get_or_create(&ResourceLabels { resource });
+            let _ = decode_failures.get_or_create(&ResourceLabels { resource });
+        }
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events dropped because the queue to the API server was full",
+            events_dropped.clone(),
+        );
         Self {
+            undecodable_objects,
+            decode_failures,
+            events_dropped,
             workqueue_depth,
             workqueue_queue_duration,
             queued: Default::default(),
@@ -340,12 +381,17 @@ struct Failing {
 ///
 /// Ready as kube-controller-manager and controller-runtime are: independent of the
 /// leader lease. A standby is ready (it serves nothing, but a rollout must be able to
-/// replace it); the leader is ready once its caches are synced.
+/// replace it); the leader is ready once its caches are synced, and not while a watch
+/// cannot complete its list (its cache cannot sync).
 #[derive(Default)]
 pub struct Health {
     synced: AtomicBool,
     standby: AtomicBool,
     failing: Mutex<HashMap<&'static str, Failing>>,
+    /// Watches whose (re)list failed and has not completed since.
+    lists_failing: Mutex<std::collections::BTreeSet<&'static str>>,
+    /// The objects the watches cannot decode, reported by `/healthz` and `/readyz`.
+    pub skipped: Arc<crate::decode::Skipped>,
 }
 
 impl Health {
@@ -360,7 +406,30 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.standby.load(Ordering::SeqCst) || self.synced.load(Ordering::SeqCst)
+        self.standby.load(Ordering::SeqCst)
+            || (self.synced.load(Ordering::SeqCst) && self.lists_failing().is_empty())
+    }
+
+    /// A watch's list request failed: its cache cannot sync until one completes.
+    pub fn list_failed(&self, stream: &'static str) {
+        self.lists_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream);
+    }
+
+    /// A watch's list completed.
+    pub fn list_done(&self, stream: &'static str) {
+        self.lists_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream);
+    }
+
+    /// The watches whose list cannot complete now.
+    pub fn lists_failing(&self) -> Vec<&'static str> {
+        let failing = self.lists_failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.iter().copied().collect()
     }
 
     /// A watch stream delivered an event.
@@ -440,6 +509,13 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
+    for resource in WATCHED_RESOURCES {
+        let n = s.health.skipped.count(resource);
+        s.metrics
+            .undecodable_objects
+            .get_or_create(&ResourceLabels { resource })
+            .set(n as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -449,25 +525,45 @@ async fn metrics_handler(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
+/// The objects skipped because they cannot be decoded, as lines to append to a health
+/// answer: they do not make the process unhealthy (the others are served), but whoever
+/// looks must see them.
+fn skipped_lines(health: &Health) -> String {
+    let lines = health.skipped.lines();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "skipping {} object(s) that cannot be decoded (fix or delete them):\n",
+        lines.len()
+    );
+    for line in lines {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text
+}
+
 async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    let skipped = skipped_lines(&s.health);
     match s.health.unhealthy_streams().as_slice() {
-        [] => (StatusCode::OK, "ok\n".to_string()),
+        [] => (StatusCode::OK, format!("ok\n{skipped}")),
         failing => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("watch streams failing: {}\n", failing.join(", ")),
+            format!("watch streams failing: {}\n{skipped}", failing.join(", ")),
         ),
     }
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    let skipped = skipped_lines(&s.health);
     if s.health.is_ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leading, caches not synced yet\n",
-        )
+        return (StatusCode::OK, format!("ok\n{skipped}"));
     }
+    let why = match s.health.lists_failing().as_slice() {
+        [] => "leading, caches not synced yet".to_string(),
+        lists => format!("leading, and cannot list: {}", lists.join(", ")),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n{skipped}"))
 }
 
 #[cfg(test)]
@@ -630,5 +726,64 @@ mod tests {
         assert!(!h.is_ready(), "a new leader syncs its caches first");
         h.set_ready();
         assert!(h.is_ready());
+    }
+
+    #[test]
+    fn a_leader_is_not_ready_while_a_list_fails() {
+        let h = Health::default();
+        h.set_ready();
+        h.list_failed("cranereplicasets");
+        assert!(
+            !h.is_ready(),
+            "a list that cannot complete is a cache that cannot sync"
+        );
+        assert_eq!(h.lists_failing(), ["cranereplicasets"]);
+        h.list_done("cranereplicasets");
+        assert!(h.is_ready());
+    }
+
+    #[tokio::test]
+    async fn health_names_the_objects_it_skips_and_the_lists_that_fail() {
+        use http_body_util::BodyExt;
+        let health = Arc::new(Health::default());
+        let bad = crate::decode::Undecodable {
+            meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("poison".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            field: "spec.template.metadata.creationTimestamp".into(),
+            error: "out of range".into(),
+        };
+        health.skipped.skip("cranereplicasets", &bad);
+        health.set_ready();
+        let shared = Shared {
+            metrics: Arc::default(),
+            health: health.clone(),
+        };
+        let text = |r: axum::response::Response| async move {
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        let skipped_line = "  cranereplicasets ns/poison: spec.template.metadata.creationTimestamp: out of range\n";
+        let (status, body) = text(readyz(State(shared.clone())).await.into_response()).await;
+        assert_eq!(status, StatusCode::OK, "the others are served: {body}");
+        assert!(body.ends_with(skipped_line), "{body}");
+        let (status, body) = text(healthz(State(shared.clone())).await.into_response()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.ends_with(skipped_line), "{body}");
+        let (_, body) = text(metrics_handler(State(shared.clone())).await.into_response()).await;
+        assert!(
+            body.contains("crane_operator_undecodable_objects{resource=\"cranereplicasets\"} 1"),
+            "{body}"
+        );
+        health.list_failed("cranereplicasets");
+        let (status, body) = text(readyz(State(shared)).await.into_response()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.starts_with("leading, and cannot list: cranereplicasets\n"),
+            "{body}"
+        );
     }
 }

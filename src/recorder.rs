@@ -15,7 +15,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tracing::warn;
 
 /// A repeat of an event seen within this time joins its series (client-go: 6 minutes).
@@ -30,6 +30,10 @@ pub const SIMILAR_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 /// per growing series, and the last count is out a second after a burst ends (client-go
 /// waits up to 30 min; `kubectl describe` would show stale counts that long).
 pub const FLUSH: Duration = Duration::from_secs(1);
+/// Events waiting to be sent, at most (client-go's broadcaster queues 1,000 and drops the
+/// rest): while the API server is slow, a backlog of news would only grow stale and cost
+/// it more writes when it recovers.
+pub const QUEUE: usize = 1000;
 
 /// An object reference's kind, namespace, name and uid.
 type RefKey = (
@@ -213,7 +217,7 @@ impl Series {
 pub async fn publish(
     client: Client,
     mut series: Series,
-    mut events: UnboundedReceiver<(Event, ObjectReference)>,
+    mut events: Receiver<(Event, ObjectReference)>,
 ) {
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -298,7 +302,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_event_whose_create_failed_is_created_by_its_series_write() {
         let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let publisher = tokio::spawn(publish(
             Client::new(service, "ns"),
             Series::new("crane-operator", None),
@@ -312,11 +316,11 @@ mod tests {
                 .body(Body::from(body.to_string().into_bytes()))
                 .unwrap()
         };
-        tx.send((ev("SuccessfulCreate"), crs())).unwrap();
+        tx.send((ev("SuccessfulCreate"), crs())).await.unwrap();
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::POST);
         send.send_response(status(500));
-        tx.send((ev("SuccessfulCreate"), crs())).unwrap();
+        tx.send((ev("SuccessfulCreate"), crs())).await.unwrap();
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH, "the repeat is a series write");
         send.send_response(status(404));

@@ -31,8 +31,9 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
+use crate::decode::{Decoded, OnUndecodable, Undecodable, sift};
 use crate::expectations::Expectations;
-use crate::metrics::{ErrorLabels, Health, Metrics, ResultLabels};
+use crate::metrics::{ErrorLabels, Health, Metrics, ResourceLabels, ResultLabels};
 use crate::planner::{self, Desired, Plan, Strategy};
 use crate::pod_cache::{Change, PodCache};
 use crate::pods::{PodFacts, new_pod, template_hash};
@@ -111,8 +112,8 @@ pub struct Context {
     pods: Arc<PodCache>,
     services: Store<Service>,
     expectations: Arc<Expectations>,
-    /// To the event publisher (see [`recorder::publish`]).
-    events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
+    /// To the event publisher (see [`recorder::publish`]), at most [`recorder::QUEUE`] waiting.
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     metrics: Arc<Metrics>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
@@ -210,9 +211,78 @@ impl Context {
             action: action.into(),
             secondary: related,
         };
-        // The publisher is gone only when the controller is shutting down.
-        let _ = self.events.send((ev, crs.object_ref(&())));
+        send_event(&self.events, &self.metrics, ev, crs.object_ref(&()));
     }
+}
+
+/// Queues an event for the publisher; when the queue is full the event is dropped and
+/// counted, never waited for. (The publisher is gone only when the controller stops.)
+fn send_event(
+    events: &tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    metrics: &Metrics,
+    event: Event,
+    regarding: ObjectReference,
+) {
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+        events.try_send((event, regarding))
+    {
+        metrics.events_dropped.inc();
+    }
+}
+
+/// Says so where the owner of an object the watches cannot decode looks: a Warning event
+/// on the object itself, naming the field (once per object and reason), and the count.
+fn undecodable_reporter(
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    metrics: Arc<Metrics>,
+) -> OnUndecodable {
+    Arc::new(move |resource, bad: &Undecodable| {
+        metrics
+            .decode_failures
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
+        let (api_version, kind) = match resource {
+            "cranereplicasets" => ("crane.dev/v1", "CraneReplicaSet"),
+            "services" => ("v1", "Service"),
+            _ => ("v1", "Pod"),
+        };
+        let regarding = ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: bad.meta.name.clone(),
+            namespace: bad.meta.namespace.clone(),
+            uid: bad.meta.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let mut note = format!(
+            "crane-operator cannot decode {}: {}; it skips this object until it is fixed",
+            bad.field, bad.error
+        );
+        // events.k8s.io caps a note at 1 kB.
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "DecodeFailed".into(),
+            note: Some(note),
+            action: "Decode".into(),
+            secondary: None,
+        };
+        send_event(&events, &metrics, event, regarding);
+    })
+}
+
+/// Every watch lists with the most recent semantic (a consistent read, served from the
+/// watch cache since Kubernetes 1.31): a relist answered from a lagging cache
+/// (`resourceVersion=0`) could go back in time, drop pods already observed, and make a
+/// pass create them again.
+pub(crate) fn watch_config() -> watcher::Config {
+    watcher::Config::default()
 }
 
 pub(crate) fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -271,17 +341,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.namespace.as_deref();
-    // The CraneReplicaSet watch as Controller::new makes it, with each change counted into
-    // the work-queue metrics on its way in.
+    // Events go out through one bounded queue, from the passes and from the watches (an
+    // object they cannot decode is announced on itself).
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(recorder::QUEUE);
+    let report = undecodable_reporter(events_tx.clone(), metrics.clone());
+    let skipped = health.skipped.clone();
+    // The CraneReplicaSet watch as Controller::new makes it, each object decoded on its own
+    // (see [`crate::decode`]), with each change counted into the work-queue metrics on its
+    // way in.
     let (crs_cache, crs_writer) = reflector::store::<CraneReplicaSet>();
     let crs_changes = {
-        let metrics = metrics.clone();
+        let (metrics, health) = (metrics.clone(), health.clone());
+        let watch = watcher(
+            api_for::<Decoded<CraneReplicaSet>>(&client, ns),
+            watch_config(),
+        );
         reflector::reflector(
             crs_writer,
-            watcher(
-                api_for::<CraneReplicaSet>(&client, ns),
-                watcher::Config::default().any_semantic(),
-            ),
+            sift(watch, "cranereplicasets", skipped.clone(), report.clone())
+                .inspect(move |event| watch_health(&health, "cranereplicasets", event.as_ref())),
         )
         .applied_objects()
         .inspect_ok(move |crs| metrics.enqueued(key_of(crs)))
@@ -304,13 +382,10 @@ pub async fn run(
             failures.clone(),
         );
         let mut watch_failed = false;
-        watcher(
-            api_for::<Pod>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .backoff(watch_backoff())
-        .for_each(move |event| {
-            watch_health(&health, "pods", event.as_ref().err());
+        let watch =
+            watcher(api_for::<Decoded<Pod>>(&client, ns), watch_config()).backoff(watch_backoff());
+        sift(watch, "pods", skipped.clone(), report.clone()).for_each(move |event| {
+            watch_health(&health, "pods", event.as_ref());
             // Only once a relist made the cache whole again: a resumed watch delivers what
             // it missed one event at a time, and a pass in the middle of that could take
             // the pods of a create that failed for us but was stored (an outage's classic)
@@ -343,28 +418,29 @@ pub async fn run(
     let service_stream = {
         let (tx, health) = (trigger_tx.clone(), health.clone());
         let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-        watcher(
-            api_for::<Service>(&client, ns),
-            watcher::Config::default().labels(&selector).any_semantic(),
+        let watch = watcher(
+            api_for::<Decoded<Service>>(&client, ns),
+            watch_config().labels(&selector),
         )
-        .backoff(watch_backoff())
-        .modify(|s| s.metadata.managed_fields = None)
-        .reflect(service_writer)
-        .for_each(move |event| {
-            watch_health(&health, "services", event.as_ref().err());
-            if let Ok(event) = event {
-                let touched = match event {
-                    watcher::Event::Apply(s)
-                    | watcher::Event::InitApply(s)
-                    | watcher::Event::Delete(s) => Some(s),
-                    _ => None,
-                };
-                if let Some((owner, _)) = touched.as_ref().and_then(owner_of) {
-                    let _ = tx.unbounded_send(owner);
+        .backoff(watch_backoff());
+        sift(watch, "services", skipped, report)
+            .modify(|s| s.metadata.managed_fields = None)
+            .reflect(service_writer)
+            .for_each(move |event| {
+                watch_health(&health, "services", event.as_ref());
+                if let Ok(event) = event {
+                    let touched = match event {
+                        watcher::Event::Apply(s)
+                        | watcher::Event::InitApply(s)
+                        | watcher::Event::Delete(s) => Some(s),
+                        _ => None,
+                    };
+                    if let Some((owner, _)) = touched.as_ref().and_then(owner_of) {
+                        let _ = tx.unbounded_send(owner);
+                    }
                 }
-            }
-            future::ready(())
-        })
+                future::ready(())
+            })
     };
     let watches = AbortOnDrop(tokio::spawn(future::join(pod_stream, service_stream)));
 
@@ -391,9 +467,16 @@ pub async fn run(
         services = services.len(),
         "caches synced; reconciling"
     );
-    health.set_ready();
+    // Ready once the CraneReplicaSets are listed too (the controller below runs that watch).
+    let _ready = AbortOnDrop(tokio::spawn({
+        let (crs_cache, health) = (crs_cache.clone(), health.clone());
+        async move {
+            if crs_cache.wait_until_ready().await.is_ok() {
+                health.set_ready();
+            }
+        }
+    }));
 
-    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut publisher = AbortOnDrop(tokio::spawn(recorder::publish(
         client.clone(),
         Series::new(MANAGER, config.instance),
@@ -439,10 +522,9 @@ pub async fn run(
                     let ns = obj.namespace.as_deref().unwrap_or_default();
                     state.forget(ns, &obj.name);
                 }
-                // The CraneReplicaSet watch failed (it retries): a missing CRD or a lost
-                // RBAC grant must show in /healthz, not leave the process idle and healthy.
+                // The CraneReplicaSet watch failed (it retries); its health saw it on the way.
                 Err(kube::runtime::controller::Error::QueueError(e)) => {
-                    watch_health(&health, "cranereplicasets", Some(&e));
+                    debug!(error = %e, "the CraneReplicaSet watch failed");
                 }
                 Err(e) => warn!(error = %e, "controller stream error (retried)"),
             }
@@ -484,7 +566,7 @@ pub(crate) mod fixtures {
     /// A context whose client talks to a scripted API, with empty caches.
     pub fn scripted_context() -> (Context, ApiHandle) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (events, _) = tokio::sync::mpsc::channel(recorder::QUEUE);
         let (services, _) = reflector::store::<Service>();
         let ctx = Context {
             client: Client::new(service, "default"),

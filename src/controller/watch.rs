@@ -150,10 +150,27 @@ pub fn watch_backoff() -> watcher::ExponentialBackoff {
         .into()
 }
 
-pub(super) fn watch_health(health: &Health, stream: &'static str, err: Option<&watcher::Error>) {
-    match err {
-        None => health.stream_ok(stream),
-        Some(e) => {
+/// What one item of a watch says of its health: a list that fails keeps the cache from
+/// syncing (not ready until one completes), and any failure counts towards `/healthz`.
+pub(super) fn watch_health<K>(
+    health: &Health,
+    stream: &'static str,
+    item: Result<&watcher::Event<K>, &watcher::Error>,
+) {
+    match item {
+        Ok(event) => {
+            if matches!(event, watcher::Event::InitDone) {
+                health.list_done(stream);
+            }
+            health.stream_ok(stream);
+        }
+        Err(e) => {
+            if matches!(
+                e,
+                watcher::Error::InitialListFailed(_) | watcher::Error::NoResourceVersion
+            ) {
+                health.list_failed(stream);
+            }
             health.stream_failed(stream);
             warn!(stream, error = %e, "watch failed; retrying with backoff");
         }
