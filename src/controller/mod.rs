@@ -154,15 +154,46 @@ fn error_message(err: &kube::Error) -> String {
     }
 }
 
-/// A write that failed this way may still have been carried out (kube-controller-manager
-/// keeps the expectation of a create that timed out).
+/// A write that failed this way may still have been carried out: its outcome is unknown,
+/// so a create keeps its expectation until the watch shows the pod or the expectation
+/// times out. kube-controller-manager keeps it only for a timeout and deletes the surplus
+/// later; we promise no surplus, so every answer that does not say "not stored" counts:
+/// the API server's timeouts, a 5xx that is not the API server's own `Status` (a proxy or
+/// load balancer in between), a connection that broke after the request may have gone
+/// out, an answer that came but could not be read. A `Status` the API server sent (a
+/// refusal, its throttling) and a connection never made say nothing was stored.
 fn may_have_been_stored(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
-            status.code == 504 || matches!(status.reason.as_str(), "Timeout" | "ServerTimeout")
+            let from_api_server = status.reason != NOT_A_STATUS;
+            status.code == 504
+                || matches!(status.reason.as_str(), "Timeout" | "ServerTimeout")
+                || (status.code >= 500 && !from_api_server)
         }
+        kube::Error::Service(e) => !never_sent(e.as_ref()),
+        kube::Error::HyperError(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::SerdeError(_)
+        | kube::Error::FromUtf8(_) => true,
         _ => false,
     }
+}
+
+/// The reason kube gives an error answer whose body is not a `Status`.
+const NOT_A_STATUS: &str = "Failed to parse error data";
+
+/// The request failed before it reached the API server (no connection could be made).
+fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn api_status(err: &kube::Error) -> Option<u16> {
@@ -563,9 +594,15 @@ pub(crate) mod fixtures {
     /// The other end of a scripted API: each request is answered by the test.
     pub type ApiHandle = mock::Handle<Request<Body>, Response<Body>>;
 
-    /// A context whose client talks to a scripted API, with empty caches.
+    /// A context whose client talks to a scripted API, with empty caches. The client
+    /// retries as the operator's own does ([`crate::client::SafeRetry`]).
     pub fn scripted_context() -> (Context, ApiHandle) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let service = tower::ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(
+                crate::client::SafeRetry::default(),
+            ))
+            .service(service);
         let (events, _) = tokio::sync::mpsc::channel(recorder::QUEUE);
         let (services, _) = reflector::store::<Service>();
         let ctx = Context {

@@ -273,10 +273,17 @@ mod tests {
     use crate::controller::fixtures::*;
     use http::Method;
 
+    /// What the scripted API does with the first POST.
+    enum First {
+        Answer(http::Response<kube::client::Body>),
+        /// The connection breaks before an answer comes.
+        Broken(&'static str),
+    }
+
     /// Creates 2 pods against a scripted API that answers the first POST with `first` and
     /// the second with 201; returns whether the expectations were met afterwards (the
     /// watch having delivered the one created pod), and how many POSTs came.
-    async fn create_two(first: http::Response<kube::client::Body>) -> (bool, usize) {
+    async fn create_two(first: First) -> (bool, usize) {
         let (ctx, mut api) = scripted_context();
         let crs = crane(2);
         ctx.expectations.expect("default/crane", "crs-uid", 2, NONE);
@@ -288,7 +295,11 @@ mod tests {
                 assert_eq!(req.method(), Method::POST, "{}", req.uri());
                 posts += 1;
                 match first.take() {
-                    Some(answer) => send.send_response(answer),
+                    Some(First::Answer(answer)) => send.send_response(answer),
+                    Some(First::Broken(why)) => send.send_error(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        why,
+                    )),
                     None => send
                         .send_response(answer(201, serde_json::to_value(ours("crane-b")).unwrap())),
                 }
@@ -306,9 +317,18 @@ mod tests {
         (met, server.await.unwrap())
     }
 
+    /// `failure` with the `Retry-After` header that makes a client retry what it may.
+    fn retry_after(mut answer: http::Response<kube::client::Body>) -> First {
+        answer.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        First::Answer(answer)
+    }
+
     #[tokio::test]
     async fn a_504_create_is_sent_once_and_keeps_its_expectation() {
-        let (met, posts) = create_two(failure(504, "Timeout")).await;
+        let (met, posts) = create_two(retry_after(failure(504, "Timeout"))).await;
         assert_eq!(
             posts, 2,
             "one POST per pod: the timed-out one is not sent again"
@@ -320,8 +340,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_create_whose_answer_was_lost_keeps_its_expectation() {
+        for (first, what) in [
+            (
+                First::Broken("connection reset after the request went out"),
+                "a broken connection",
+            ),
+            (
+                First::Answer(answer(502, json!("<html>Bad Gateway</html>"))),
+                "a proxy's 502 (no Status from the API server)",
+            ),
+        ] {
+            let (met, posts) = create_two(first).await;
+            assert_eq!(posts, 2, "{what}: the POST is not sent again");
+            assert!(
+                !met,
+                "{what}: the pod may exist; no pass may create it again until it is seen or the expectation times out"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_the_api_server_refused_with_a_5xx_status_is_not_expected() {
+        // Its own Status says it stored nothing (e.g. an admission webhook that failed).
+        let (met, posts) = create_two(First::Answer(failure(500, "InternalError"))).await;
+        assert_eq!(posts, 1, "the first failing batch stops the creations");
+        assert!(met, "nothing is outstanding: the next pass may create it");
+    }
+
+    #[tokio::test]
     async fn a_refused_create_is_not_expected_any_more() {
-        let (met, posts) = create_two(failure(422, "Invalid")).await;
+        let (met, posts) = create_two(First::Answer(failure(422, "Invalid"))).await;
         assert_eq!(posts, 1, "the first failing batch stops the creations");
         assert!(
             met,
