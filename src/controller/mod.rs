@@ -203,6 +203,28 @@ fn api_status(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Adoption re-reads its owner: the cache may be stale, so a pass adopts (pods, or an
+/// orphaned Service) only if the CraneReplicaSet is still this one and is not being
+/// deleted, read fresh from the API server (the ReplicaSet controller's `canAdopt`).
+async fn may_adopt(crs: &CraneReplicaSet, ctx: &Context) -> Result<(), Error> {
+    let crs_api: Api<CraneReplicaSet> =
+        Api::namespaced(ctx.client.clone(), &crs.namespace().unwrap_or_default());
+    let fresh = crs_api
+        .get_opt(&crs.name_any())
+        .await
+        .map_err(kube_err("re-check before adopting", key_of(crs)))?;
+    let current =
+        fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
+    if current {
+        Ok(())
+    } else {
+        Err(Error::Adoption {
+            object: key_of(crs),
+            message: "the CraneReplicaSet was deleted or replaced; adopting nothing".into(),
+        })
+    }
+}
+
 impl Context {
     /// Drops what is kept per CraneReplicaSet, once it is gone, its metrics included.
     fn forget(&self, namespace: &str, name: &str) {

@@ -48,22 +48,7 @@ pub(super) async fn claim_pods(
     let uid = crs.uid().unwrap_or_default();
     let needs_label = planner::needing_owner_label(desired, &name, pods);
     if !plan.adopt.is_empty() {
-        // The cache may be stale: adopt only if the CraneReplicaSet is still this one and
-        // is not being deleted, read fresh from the API server.
-        let crs_api: Api<CraneReplicaSet> =
-            Api::namespaced(ctx.client.clone(), &crs.namespace().unwrap_or_default());
-        let fresh = crs_api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("re-check before adopting", key_of(crs)))?;
-        let current =
-            fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
-        if !current {
-            return Err(Error::Adoption {
-                object: key_of(crs),
-                message: "the CraneReplicaSet was deleted or replaced; adopting nothing".into(),
-            });
-        }
+        may_adopt(crs, ctx).await?;
         // The plan counts these pods as ours: a pass that could not adopt one (another
         // controller took it, its labels changed) stops here, before it creates or deletes
         // on that count (PodControllerRefManager's rule).

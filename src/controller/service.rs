@@ -70,7 +70,13 @@ pub(super) async fn sync_service(
             .map_err(kube_err("get", format!("service {name}")))?
             .map(Arc::new),
     };
-    match service_action(live.as_deref(), &desired) {
+    let action = service_action(live.as_deref(), &desired);
+    // An orphan is taken back only by the CraneReplicaSet it was made for, as read fresh.
+    let orphan = live.as_deref().is_some_and(|l| controller_of(l).is_none());
+    if orphan && !matches!(action, ServiceAction::Conflict | ServiceAction::InSync) {
+        may_adopt(crs, ctx).await?;
+    }
+    match action {
         ServiceAction::Conflict => {
             return Err(Error::Service {
                 object: key_of(crs),
@@ -102,6 +108,7 @@ pub(super) async fn sync_service(
         }
         ServiceAction::Apply => {}
     }
+
     let applied = api
         .patch(
             &name,
@@ -125,7 +132,7 @@ pub(super) async fn sync_service(
             },
             _ => kube_err("apply", format!("service {name}"))(e),
         })?;
-    if live.as_deref().is_some_and(|l| controller_of(l).is_none()) {
+    if orphan {
         info!(object = %key_of(crs), service = %name, "re-adopted the orphaned service");
     } else if live.is_none() {
         let note = format!("Created service: {name}");
