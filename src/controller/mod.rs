@@ -115,11 +115,59 @@ pub struct Context {
     /// To the event publisher (see [`recorder::publish`]), at most [`recorder::QUEUE`] waiting.
     events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     metrics: Arc<Metrics>,
-    failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// Failed passes in a row, per CraneReplicaSet.
+    failures: Arc<PerObject<u32>>,
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
-    announced: Mutex<HashMap<String, Option<String>>>,
+    announced: PerObject<Option<String>>,
     /// When this process last wrote each CraneReplicaSet's status (see [`STATUS_BATCH`]).
-    status_written: Mutex<HashMap<String, std::time::Instant>>,
+    status_written: PerObject<std::time::Instant>,
+}
+
+/// State kept per CraneReplicaSet: keyed by `namespace/name`, and valid only for the UID it
+/// was recorded for, so that an object deleted and made again under its name (a deletion
+/// this process may not have seen) starts afresh, without its predecessor's backoff,
+/// batching or announcements.
+pub(crate) struct PerObject<V>(Mutex<HashMap<String, (String, V)>>);
+
+impl<V> Default for PerObject<V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<V: Clone> PerObject<V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, V)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is kept for `key`, if it was kept for this `uid`.
+    pub(crate) fn get(&self, key: &str, uid: &str) -> Option<V> {
+        self.lock()
+            .get(key)
+            .filter(|(of, _)| of == uid)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Keeps `f(what was kept for this uid)` and returns it.
+    pub(crate) fn update(&self, key: &str, uid: &str, f: impl FnOnce(Option<V>) -> V) -> V {
+        let mut map = self.lock();
+        let before = map
+            .get(key)
+            .filter(|(of, _)| of == uid)
+            .map(|(_, v)| v.clone());
+        let after = f(before);
+        map.insert(key.to_string(), (uid.to_string(), after.clone()));
+        after
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Empties the map; returns the keys it held.
+    pub(crate) fn take_keys(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lock()).into_keys().collect()
+    }
 }
 
 /// `namespace/name` of an object: the key of expectations and backoff.
@@ -231,18 +279,9 @@ impl Context {
         let key = &format!("{namespace}/{name}");
         self.metrics.forget_replicas(namespace, name);
         self.expectations.forget(key);
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        self.announced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        self.status_written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.failures.remove(key);
+        self.announced.remove(key);
+        self.status_written.remove(key);
     }
 
     /// Publishes an event on the CraneReplicaSet, in the background: a reconcile pass never
@@ -424,7 +463,7 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
     let pods = Arc::new(PodCache::default());
-    let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let failures: Arc<PerObject<u32>> = Arc::default();
     let pod_stream = {
         let (cache, crs_cache, expectations, tx, health, failures) = (
             pods.clone(),
@@ -543,8 +582,8 @@ pub async fn run(
         events: events_tx,
         metrics,
         failures,
-        announced: Mutex::default(),
-        status_written: Mutex::default(),
+        announced: PerObject::default(),
+        status_written: PerObject::default(),
     });
     let state = ctx.clone();
     controller
@@ -635,8 +674,8 @@ pub(crate) mod fixtures {
             events,
             metrics: Arc::default(),
             failures: Arc::default(),
-            announced: Mutex::default(),
-            status_written: Mutex::default(),
+            announced: PerObject::default(),
+            status_written: PerObject::default(),
         };
         (ctx, handle)
     }

@@ -26,10 +26,7 @@ pub async fn reconcile(crs: Arc<CraneReplicaSet>, ctx: Arc<Context>) -> Result<A
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key_of(crs.as_ref()));
+        ctx.failures.remove(&key_of(crs.as_ref()));
     }
     result
 }
@@ -229,7 +226,10 @@ impl StatusPass<'_> {
         // Written whenever it changed, creations and deletions in flight or not, as the
         // ReplicaSet controller does: the status says what the cache shows now.
         let deferred = (!failing)
-            .then(|| status_deferred(ctx, key, base.status.as_ref(), &new_status))
+            .then(|| {
+                let uid = crs.uid().unwrap_or_default();
+                status_deferred(ctx, key, &uid, base.status.as_ref(), &new_status)
+            })
             .flatten();
         if base.status.as_ref() == Some(&new_status) || deferred.is_some() {
             return Ok(Settled {
@@ -256,9 +256,7 @@ impl StatusPass<'_> {
             .await
             .map_err(kube_err("update status of", key.to_string()))?;
         ctx.status_written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), Instant::now());
+            .update(key, &crs.uid().unwrap_or_default(), |_| Instant::now());
         Ok(Settled {
             status: Some(new_status),
             service,
@@ -297,6 +295,7 @@ impl StatusPass<'_> {
 pub(super) fn status_deferred(
     ctx: &Context,
     key: &str,
+    uid: &str,
     old: Option<&CraneReplicaSetStatus>,
     new: &CraneReplicaSetStatus,
 ) -> Option<Duration> {
@@ -304,8 +303,7 @@ pub(super) fn status_deferred(
     if old == new || !status::only_counts_changed(old, new) {
         return None;
     }
-    let written = ctx.status_written.lock().unwrap_or_else(|p| p.into_inner());
-    let since = written.get(key)?.elapsed();
+    let since = ctx.status_written.get(key, uid)?.elapsed();
     STATUS_BATCH.checked_sub(since).filter(|d| !d.is_zero())
 }
 
@@ -319,27 +317,24 @@ pub(super) async fn announce_pod_issues(
     ctx: &Context,
     new: &CraneReplicaSetStatus,
 ) {
-    let news = {
-        let mut announced = ctx.announced.lock().unwrap_or_else(|p| p.into_inner());
-        let from_status = || {
-            crs.status
-                .as_ref()
-                .and_then(|s| s.pod_issues.first())
-                .map(|i| i.reason.clone())
-        };
-        let before = announced
-            .get(&key_of(crs))
-            .cloned()
-            .unwrap_or_else(from_status);
-        let (news, remember) = diagnostics::issue_news(
-            before.as_deref(),
-            &new.pod_issues,
-            new.ready_replicas,
-            crs.spec.replicas,
-        );
-        announced.insert(key_of(crs), remember);
-        news
-    };
+    let mut news = IssueNews::Quiet;
+    ctx.announced
+        .update(&key_of(crs), &crs.uid().unwrap_or_default(), |before| {
+            let before = before.unwrap_or_else(|| {
+                crs.status
+                    .as_ref()
+                    .and_then(|s| s.pod_issues.first())
+                    .map(|i| i.reason.clone())
+            });
+            let (said, remember) = diagnostics::issue_news(
+                before.as_deref(),
+                &new.pod_issues,
+                new.ready_replicas,
+                crs.spec.replicas,
+            );
+            news = said;
+            remember
+        });
     let message = || {
         new.conditions
             .iter()
@@ -382,11 +377,13 @@ pub fn error_policy(crs: Arc<CraneReplicaSet>, err: &Error, ctx: Arc<Context>) -
             reason: err.reason(),
         })
         .inc();
-    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-    let n = failures.entry(key_of(crs.as_ref())).or_insert(0);
-    *n = n.saturating_add(1);
+    let n = ctx
+        .failures
+        .update(&key_of(crs.as_ref()), &crs.uid().unwrap_or_default(), |n| {
+            n.unwrap_or(0).saturating_add(1)
+        });
     let delay = BACKOFF_FIRST
-        .saturating_mul(1 << (*n - 1).min(16))
+        .saturating_mul(1 << (n - 1).min(16))
         .min(BACKOFF_MAX);
     warn!(object = %key_of(crs.as_ref()), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -634,7 +631,7 @@ pub(super) mod tests {
         crs.status = Some(serde_json::from_value(last["status"].clone()).unwrap());
         assert!(conditions_of(&last).contains(&status::REPLICA_FAILURE.to_string()));
         ctx.expectations.forget("default/crane");
-        ctx.status_written.lock().unwrap().clear();
+        ctx.status_written.take_keys();
 
         // A pod appears, so the retry has a count to write; its creation of the other fails
         // again: no status write in between says the failure is gone.
@@ -904,6 +901,58 @@ pub(super) mod tests {
             action,
             Action::requeue(RESYNC),
             "the periodic look was put off"
+        );
+    }
+
+    /// An object deleted and made again under its name, whose deletion this process did
+    /// not see, is a new object: its predecessor's backoff and status batching are not its.
+    #[tokio::test]
+    async fn a_recreated_object_starts_without_its_predecessors_backoff_or_batch() {
+        let (ctx, _api) = scripted_context();
+        let ctx = Arc::new(ctx);
+        let err = Error::Selector {
+            object: "default/crane".into(),
+            message: "bad".into(),
+        };
+        let old = Arc::new(crane(1));
+        for _ in 0..5 {
+            error_policy(old.clone(), &err, ctx.clone());
+        }
+        let mut new = crane(1);
+        new.metadata.uid = Some("new-uid".into());
+        assert_eq!(
+            error_policy(Arc::new(new), &err, ctx.clone()),
+            Action::requeue(BACKOFF_FIRST),
+            "the new object's first failure is retried after the first delay"
+        );
+
+        ctx.status_written
+            .update("default/crane", "crs-uid", |_| Instant::now());
+        let status = |ready: i32| -> CraneReplicaSetStatus {
+            serde_json::from_value(serde_json::json!({"replicas": 1, "readyReplicas": ready}))
+                .unwrap()
+        };
+        assert!(
+            status_deferred(
+                &ctx,
+                "default/crane",
+                "crs-uid",
+                Some(&status(0)),
+                &status(1)
+            )
+            .is_some(),
+            "the same object batches its counts"
+        );
+        assert_eq!(
+            status_deferred(
+                &ctx,
+                "default/crane",
+                "new-uid",
+                Some(&status(0)),
+                &status(1)
+            ),
+            None,
+            "another object of the same name does not"
         );
     }
 }

@@ -120,17 +120,17 @@ pub(super) fn on_pod_event(
 /// failed meanwhile are retried now, not after the backoff their failures during the
 /// outage built up, which would be up to a minute.
 pub(super) fn retry_failed_now(
-    failures: &Mutex<HashMap<String, u32>>,
+    failures: &PerObject<u32>,
     tx: &mpsc::UnboundedSender<ObjectRef<CraneReplicaSet>>,
 ) {
-    let failed = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
+    let failed = failures.take_keys();
     if !failed.is_empty() {
         info!(
             objects = failed.len(),
             "the API server is back: retrying failed passes now"
         );
     }
-    for key in failed.into_keys() {
+    for key in failed {
         if let Some((ns, name)) = key.split_once('/') {
             let _ = tx.unbounded_send(ObjectRef::new(name).within(ns));
         }
