@@ -47,7 +47,7 @@ lint: ## rustfmt, clippy, shellcheck, promtool check rules, actionlint (workflow
 	tests/cluster/build.sh exec hadolint --no-color Dockerfile
 
 unit: ## Unit, property and generated-file tests, the app's, the Argo CD health check's (no cluster)
-	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test planner_properties --test backpressure --test server
+	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test schema_properties --test planner_properties --test backpressure --test server
 	tests/argocd/test.sh
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)

@@ -422,6 +422,83 @@ fn strip_descriptions(node: &mut Value) {
     }
 }
 
+/// Keeps only the `kept` fields of an embedded ObjectMeta (controller-gen keeps labels,
+/// annotations, name, namespace and finalizers), so that the API server prunes the rest:
+/// server-owned fields such as deletionTimestamp or managedFields mean nothing in a
+/// template, and their values need not fit the Rust types.
+///
+/// `creationTimestamp` stays known but may only be absent: Go clients and `kubectl create
+/// --dry-run=client -o yaml` write `creationTimestamp: null` into templates, which the API
+/// server drops from a known field but refuses as an unknown one under kubectl's strict
+/// field validation.
+fn embedded_metadata(node: &mut Value, kept: &[&str], path: &str) {
+    let properties = node["properties"]
+        .as_object_mut()
+        .expect("an ObjectMeta schema has properties");
+    properties.retain(|name, _| kept.contains(&name.as_str()));
+    properties.insert("creationTimestamp".into(), json!({ "type": "string" }));
+    add_rules(
+        node,
+        vec![rule_at(
+            ".creationTimestamp",
+            "!has(self.creationTimestamp)",
+            &format!(
+                "{path}.creationTimestamp is set by the API server on each object made from the template: leave it out (null is accepted)"
+            ),
+        )],
+    );
+}
+
+/// Int-or-string fields that are `Quantity`s (any number decodes) rather than `IntOrString`s
+/// (an int32): these, and the values of maps (resource lists).
+const QUANTITY_FIELDS: [&str; 2] = ["divisor", "sizeLimit"];
+
+/// A metav1.Time that the Rust `Time` (a jiff Timestamp) holds and writes back unchanged:
+/// years 0001 to 9998 (jiff's range ends on 9999-12-30, and a year-0000 time with a
+/// positive offset falls before year 0), whole seconds, `Z` or an offset.
+const TIME: &str = "^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// Narrows, everywhere below `node`, what the API server admits to what the Rust types
+/// decode. Integers need nothing: the API server enforces their int32/int64 formats (and
+/// refuses float bounds beyond int64 on an int64). It does not bound the integer of an
+/// int-or-string, nor the year, fraction or offset of a date-time. `quantity`: the node
+/// holds a `Quantity`.
+fn within_rust_types(node: &mut Value, quantity: bool) {
+    if node.get("x-kubernetes-int-or-string") == Some(&json!(true)) && !quantity {
+        if node
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_none_or(|min| min < f64::from(i32::MIN))
+        {
+            set(node, "minimum", json!(f64::from(i32::MIN)));
+        }
+        if node
+            .get("maximum")
+            .and_then(Value::as_f64)
+            .is_none_or(|max| max > f64::from(i32::MAX))
+        {
+            set(node, "maximum", json!(f64::from(i32::MAX)));
+        }
+    }
+    if node.get("format") == Some(&json!("date-time")) && node.get("pattern").is_none() {
+        set(node, "pattern", json!(TIME));
+    }
+    if let Some(properties) = node.get_mut("properties").and_then(Value::as_object_mut) {
+        for (name, property) in properties {
+            within_rust_types(property, QUANTITY_FIELDS.contains(&name.as_str()));
+        }
+    }
+    if let Some(items) = node.get_mut("items") {
+        within_rust_types(items, false);
+    }
+    if let Some(values) = node
+        .get_mut("additionalProperties")
+        .filter(|v| v.is_object())
+    {
+        within_rust_types(values, true);
+    }
+}
+
 // Bounds that keep the CEL rules below within the API server's cost budget. They are far
 // above what a pod template or a selector needs in practice.
 const MAX_LABELS: u32 = 64;
@@ -455,6 +532,37 @@ fn refine_schema(root: &mut Value) {
         strip_descriptions(prop(template, &[part]));
     }
     set(template, "required", json!(["spec"]));
+    embedded_metadata(
+        prop(template, &["metadata"]),
+        &["labels", "annotations", "finalizers", "name", "namespace"],
+        "spec.template.metadata",
+    );
+    let claim_templates = prop(template, &["spec", "volumes"]);
+    embedded_metadata(
+        prop(
+            &mut claim_templates["items"],
+            &["ephemeral", "volumeClaimTemplate", "metadata"],
+        ),
+        &["labels", "annotations"],
+        "spec.template.spec.volumes[].ephemeral.volumeClaimTemplate.metadata",
+    );
+    // Upstream's ValidatePodTemplateSpecForReplicaSet: the pods are always restarted, and a
+    // deadline would kill them and have them replaced forever.
+    add_rules(
+        prop(template, &["spec"]),
+        vec![
+            rule_at(
+                ".restartPolicy",
+                "!has(self.restartPolicy) || self.restartPolicy in ['Always', '']",
+                "spec.template.spec.restartPolicy: Unsupported value: only Always is supported (a CraneReplicaSet's pods are always restarted)",
+            ),
+            rule_at(
+                ".activeDeadlineSeconds",
+                "!has(self.activeDeadlineSeconds)",
+                "spec.template.spec.activeDeadlineSeconds is not supported: the pods would be killed at the deadline and replaced forever",
+            ),
+        ],
+    );
 
     let labels = prop(template, &["metadata", "labels"]);
     set(labels, "maxProperties", json!(MAX_LABELS));
@@ -631,6 +739,7 @@ fn refine_schema(root: &mut Value) {
             ),
         ],
     );
+    within_rust_types(root, false);
 }
 
 #[cfg(test)]

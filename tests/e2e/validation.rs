@@ -317,3 +317,62 @@ async fn invalid_crane_replica_sets_are_refused_naming_the_field() {
     );
     env.cleanup().await;
 }
+
+/// The template's server-owned metadata is pruned at admission, so a value that does not fit
+/// the Rust types (deletionTimestamp in year 9999) never reaches the operator, and the
+/// `creationTimestamp: null` that Go clients write is accepted even by kubectl's strict
+/// field validation.
+#[tokio::test]
+async fn template_metadata_keeps_only_what_pods_are_given() {
+    let env = TestEnv::without_operator("pruned").await;
+    let resource = ApiResource::erase::<crane_operator::api::CraneReplicaSet>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &resource);
+    let server_owned = json!({
+        "creationTimestamp": null,
+        "deletionTimestamp": "9999-12-31T23:59:59Z",
+        "deletionGracePeriodSeconds": 30,
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}],
+        "managedFields": [{"manager": "m", "operation": "Apply", "time": "9999-12-31T23:59:59Z"}],
+        "uid": "u", "resourceVersion": "1", "generation": 7, "generateName": "g-",
+    });
+    let manifest = with("pruned", |m| {
+        let metadata = &mut m["spec"]["template"]["metadata"];
+        for (key, value) in server_owned.as_object().expect("an object") {
+            metadata[key] = value.clone();
+        }
+        metadata["annotations"] = json!({"note": "kept"});
+        metadata["finalizers"] = json!(["example.com/kept"]);
+    });
+    let object: DynamicObject = serde_json::from_value(manifest).expect("a manifest");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("created, the server-owned fields pruned with a warning");
+
+    let stored = api.get("pruned").await.expect("read back");
+    let metadata = &stored.data["spec"]["template"]["metadata"];
+    let mut kept: Vec<&str> = metadata
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    kept.sort_unstable();
+    assert_eq!(
+        kept,
+        ["annotations", "finalizers", "labels"],
+        "stored template metadata: {metadata}"
+    );
+    let crs = env
+        .crs()
+        .get("pruned")
+        .await
+        .expect("the stored object decodes as a CraneReplicaSet");
+    let template = crs.spec.template.metadata.expect("template metadata");
+    assert!(template.owner_references.is_none() && template.deletion_timestamp.is_none());
+
+    // kubectl's strict field validation: a null creationTimestamp is dropped, not refused.
+    let strict = with("created-null", |m| {
+        m["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null
+    });
+    env.kubectl_result(&["create", "-f", "-"], Some(&strict.to_string()))
+        .expect("kubectl create accepts creationTimestamp: null in the template");
+    env.cleanup().await;
+}
