@@ -450,8 +450,18 @@ pub async fn run(
         );
         reflector::reflector(
             crs_writer,
-            sift(watch, "cranereplicasets", skipped.clone(), report.clone())
-                .inspect(move |event| watch_health(&health, "cranereplicasets", event.as_ref())),
+            sift(watch, "cranereplicasets", skipped.clone(), report.clone()).inspect(
+                move |event| {
+                    // Ready once the CraneReplicaSets are listed (this stream runs only after
+                    // the pod and Service caches synced). Not through a second
+                    // `Store::wait_until_ready`: kube's runner waits on it, and its one-shot
+                    // channel wakes only the last of two waiters.
+                    if matches!(event, Ok(watcher::Event::InitDone)) {
+                        health.set_ready();
+                    }
+                    watch_health(&health, "cranereplicasets", event.as_ref())
+                },
+            ),
         )
         .applied_objects()
         .inspect_ok(move |crs| metrics.enqueued(key_of(crs)))
@@ -559,16 +569,6 @@ pub async fn run(
         services = services.len(),
         "caches synced; reconciling"
     );
-    // Ready once the CraneReplicaSets are listed too (the controller below runs that watch).
-    let _ready = AbortOnDrop(tokio::spawn({
-        let (crs_cache, health) = (crs_cache.clone(), health.clone());
-        async move {
-            if crs_cache.wait_until_ready().await.is_ok() {
-                health.set_ready();
-            }
-        }
-    }));
-
     let mut publisher = AbortOnDrop(tokio::spawn(recorder::publish(
         client.clone(),
         Series::new(MANAGER, config.instance),

@@ -10,6 +10,7 @@ mod kstatus;
 mod operations;
 mod ownership;
 mod placement;
+mod poison;
 mod rbac;
 mod replicas;
 mod rollout;
