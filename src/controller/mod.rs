@@ -372,7 +372,8 @@ fn undecodable_reporter(
 /// Every watch lists with the most recent semantic (a consistent read, served from the
 /// watch cache since Kubernetes 1.31): a relist answered from a lagging cache
 /// (`resourceVersion=0`) could go back in time, drop pods already observed, and make a
-/// pass create them again.
+/// pass create them again. (kube sends no `resourceVersion=0` with a page size anyway;
+/// `any_semantic()` only read as if it did.)
 pub(crate) fn watch_config() -> watcher::Config {
     watcher::Config::default()
 }

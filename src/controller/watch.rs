@@ -278,4 +278,70 @@ mod tests {
         let theirs = watcher::Event::Apply(pod("r", Some(("ReplicaSet", "rs-uid"))));
         assert_eq!(on_pod_event(&theirs, &pods, &crs, &e), []);
     }
+
+    /// Every watch of the controller lists with the most recent semantic: a list served
+    /// from a lagging cache (`resourceVersion=0`) could answer an older snapshot, drop pods
+    /// already observed and make a pass create them again.
+    #[tokio::test]
+    async fn every_watch_lists_the_most_recent_state() {
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        let config = Config {
+            namespace: Some("default".into()),
+            concurrency: 1,
+            instance: None,
+        };
+        let health = Arc::new(Health::default());
+        let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+        let controller = tokio::spawn(run(
+            client,
+            config,
+            Arc::default(),
+            health.clone(),
+            stopped.map(|_| ()),
+        ));
+        let mut lists = Vec::new();
+        // Watches are held open (never answered): each list is answered, empty.
+        let mut held = Vec::new();
+        while lists.len() < 3 {
+            let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+                .await
+                .expect("the controller's requests")
+                .expect("a request");
+            let uri = req.uri().clone();
+            if uri.query().unwrap_or_default().contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            lists.push(uri.to_string());
+            let kind = if uri.path().contains("cranereplicasets") {
+                "CraneReplicaSetList"
+            } else {
+                "List"
+            };
+            send.send_response(fixtures::answer(
+                200,
+                json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "42"}, "items": []}),
+            ));
+        }
+        lists.sort();
+        assert_eq!(lists.len(), 3, "{lists:?}");
+        for list in &lists {
+            assert!(
+                !list.contains("resourceVersion="),
+                "a list that may be served from a lagging cache: {list}"
+            );
+        }
+        assert!(
+            lists.iter().any(|l| l.contains("/cranereplicasets")),
+            "{lists:?}"
+        );
+        let _ = stop.send(());
+        drop(held);
+        drop(handle);
+        let _ = tokio::time::timeout(Duration::from_secs(30), controller).await;
+    }
 }
