@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::api::{CraneReplicaSet, UpdateStrategyType};
 use crate::controller::api_for;
+use crate::decode::Decoded;
 use crate::service::OWNER_LABEL;
 use view::{Scope, Snapshot};
 
@@ -61,10 +62,12 @@ const REFRESH: Duration = Duration::from_secs(5);
 pub struct Cluster {
     client: Client,
     scope: Scope,
-    crs: Store<CraneReplicaSet>,
-    pods: Store<Pod>,
-    services: Store<Service>,
-    events: Store<Event>,
+    // Each object decoded on its own: one the types cannot hold is shown as unreadable
+    // and never fails the list of the others.
+    crs: Store<Decoded<CraneReplicaSet>>,
+    pods: Store<Decoded<Pod>>,
+    services: Store<Decoded<Service>>,
+    events: Store<Decoded<Event>>,
     changes: watch::Sender<u64>,
     /// Watches failing now, by name, with the error.
     errors: Mutex<BTreeMap<&'static str, String>>,
@@ -104,22 +107,37 @@ impl Cluster {
         tokio::spawn(follow(
             weak(),
             WATCHES[0],
-            reflector::reflector(crs_writer, lean(api_for(&client, ns), all.clone())),
+            reflector::reflector(
+                crs_writer,
+                lean(
+                    api_for::<Decoded<CraneReplicaSet>>(&client, ns),
+                    all.clone(),
+                ),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[1],
-            reflector::reflector(pod_writer, lean(api_for(&client, ns), owned.clone())),
+            reflector::reflector(
+                pod_writer,
+                lean(api_for::<Decoded<Pod>>(&client, ns), owned.clone()),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[2],
-            reflector::reflector(svc_writer, lean(api_for(&client, ns), owned)),
+            reflector::reflector(
+                svc_writer,
+                lean(api_for::<Decoded<Service>>(&client, ns), owned),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[3],
-            reflector::reflector(event_writer, lean(api_for(&client, ns), all)),
+            reflector::reflector(
+                event_writer,
+                lean(api_for::<Decoded<Event>>(&client, ns), all),
+            ),
         ));
         cluster
     }
@@ -710,7 +728,7 @@ mod tests {
         let (service, handle) = mock::pair();
         let (crs, mut writer) = reflector::store();
         for c in cached {
-            writer.apply_watcher_event(&watcher::Event::Apply(c.clone()));
+            writer.apply_watcher_event(&watcher::Event::Apply(Decoded::Ok(c.clone())));
         }
         let cluster = Arc::new(Cluster {
             client: Client::new(service, "default"),
@@ -1035,6 +1053,82 @@ mod tests {
             "{sent:?}"
         );
         assert_eq!(sent[1].2["metadata"]["resourceVersion"], "1");
+    }
+
+    /// An API server whose lists hold `crs` and nothing else, and whose watches never
+    /// send anything.
+    fn listing(mut api: ApiHandle, crs: Vec<serde_json::Value>) {
+        tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((request, send)) = api.next_request().await {
+                if request
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("watch=true")
+                {
+                    watches.push(send);
+                    continue;
+                }
+                let path = request.uri().path();
+                let items = if path.ends_with("/cranereplicasets") {
+                    crs.clone()
+                } else {
+                    vec![]
+                };
+                let list = json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": "7"}, "items": items});
+                let response = http::Response::builder()
+                    .status(200)
+                    .body(kube::client::Body::from(list.to_string().into_bytes()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn one_undecodable_crane_replica_set_is_listed_as_unreadable_beside_the_others() {
+        let (service, api) = mock::pair();
+        let object = |name: &str| {
+            let mut crs = serde_json::to_value(crate::api::fixtures::crane(2)).unwrap();
+            crs["metadata"]["name"] = json!(name);
+            crs["metadata"]["uid"] = json!(format!("uid-{name}"));
+            crs
+        };
+        // A year the API server stores and the Rust types cannot hold.
+        let mut poison = object("poison");
+        poison["spec"]["template"]["metadata"]["creationTimestamp"] = json!("9999-12-31T23:59:59Z");
+        listing(api, vec![poison, object("alive")]);
+        let cluster = Cluster::start(
+            Client::new(service, "default"),
+            Scope::Namespace("default".into()),
+        );
+        let mut changes = cluster.changes.subscribe();
+        let listed =
+            |s: &Snapshot| !s.loading.contains(&"cranereplicasets") || !s.errors.is_empty();
+        let snapshot = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let snapshot = cluster.snapshot();
+                if listed(&snapshot) {
+                    return snapshot;
+                }
+                changes.changed().await.expect("the dashboard is there");
+            }
+        })
+        .await
+        .expect("the CraneReplicaSets are listed, or their watch fails, within 10 s");
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let html = view::text(view::overview(&snapshot));
+        assert!(html.contains(r#"<tr data-name="alive""#), "{html}");
+        assert!(
+            html.contains(r#"<tr class="unreadable" data-name="poison""#),
+            "{html}"
+        );
+        assert!(
+            html.contains("spec.template.metadata.creationTimestamp"),
+            "the row says which field cannot be read: {html}"
+        );
     }
 
     #[test]
