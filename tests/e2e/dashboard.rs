@@ -635,6 +635,37 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
 }
 
 #[tokio::test]
+async fn an_object_the_dashboard_cannot_decode_is_a_row_that_says_why() {
+    let env = TestEnv::without_operator("dashboard-poison").await;
+    env.create(crane("alive", 1)).await;
+    env.create(crane("poison", 1)).await;
+    crate::poison::poison(&env, "poison").await;
+    let launched = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let addr = launched.base.trim_start_matches("http://").to_string();
+    let overview = wait_for(
+        "the overview to list alive, and poison as unreadable",
+        SHORT,
+        || async {
+            let html = http_get(&addr, &format!("/?{}", launched.token)).await?;
+            if html.contains(r#"<tr data-name="alive""#)
+                && html.contains(r#"<tr class="unreadable" data-name="poison""#)
+            {
+                Ok(html)
+            } else {
+                Err(html)
+            }
+        },
+    )
+    .await;
+    assert!(!overview.contains("Cannot watch"), "{overview}");
+    assert!(
+        overview.contains("status.conditions[0].lastTransitionTime"),
+        "the row names the field that cannot be read: {overview}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_dashboard_stops_on_sigterm_with_a_page_open() {
     let env = TestEnv::without_operator("dashboard-stop").await;
     let mut dashboard = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
