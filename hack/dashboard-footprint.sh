@@ -62,10 +62,12 @@ port=18401
 "$bin" dashboard --namespace "$ns" --port "$port" >"$work/dashboard.log" 2>&1 &
 dash=$!
 pids+=("$dash")
-until curl -fsS -o /dev/null "http://127.0.0.1:$port/assets/style.css"; do sleep 0.2; done
+# Every request carries the launch's token, from the URL the dashboard prints.
+until token=$(grep -o 'token=[0-9a-f]*' "$work/dashboard.log"); do sleep 0.2; done
+until curl -fsS -o /dev/null "http://127.0.0.1:$port/assets/style.css?$token"; do sleep 0.2; done
 # The first render waits for every watch's list: read the overview once it lists them all.
-until [ "$(curl -fsS "http://127.0.0.1:$port/" | grep -o 'data-name=' | wc -l)" -ge "$objects" ]; do sleep 0.5; done
-curl -sN "http://127.0.0.1:$port/live/overview" >/dev/null &
+until [ "$(curl -fsS "http://127.0.0.1:$port/?$token" | grep -o 'data-name=' | wc -l)" -ge "$objects" ]; do sleep 0.5; done
+curl -sN "http://127.0.0.1:$port/live/overview?$token" >/dev/null &
 pids+=($!)
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$dash/stat"; }

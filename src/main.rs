@@ -160,11 +160,13 @@ async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot serve the dashboard on {address} (is it running already? choose another --port)"))?;
+    let token = dashboard::Token::generate().context("no random token from the OS")?;
     let url = match address.ip() {
         ip if ip.is_unspecified() => format!("http://127.0.0.1:{}/", address.port()),
         std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}/", address.port()),
         ip => format!("http://{ip}:{}/", address.port()),
     };
+    let url = format!("{url}?{}={}", dashboard::TOKEN_PARAMETER, token.as_str());
     let what = match &scope {
         Scope::All => "all namespaces".to_string(),
         Scope::Namespace(ns) => format!("namespace {ns}"),
@@ -175,9 +177,8 @@ async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
             "warning: serving on {address}: whoever reaches it acts on the cluster with your kubeconfig's rights"
         );
     }
-    if args.open {
-        open_browser(&url);
-    }
+    // Kept until the dashboard stops: the browser may read it late.
+    let _redirect = args.open.then(|| open_browser(&url)).flatten();
     let cluster = dashboard::Cluster::start(client, scope);
     let stop = futures::FutureExt::shared(Box::pin(termination()));
     // An open page's event stream never ends by itself: a graceful shutdown would wait for
@@ -190,26 +191,43 @@ async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        served = dashboard::serve(listener, cluster, stop) => served.context("serving the dashboard"),
+        served = dashboard::serve(listener, cluster, token, stop) => served.context("serving the dashboard"),
         () = abandon => Ok(()),
     }
 }
 
-/// Opens `url` in the user's browser, or says how to.
-fn open_browser(url: &str) {
+/// Opens `url` in the user's browser through a redirect page of the user's own, or says
+/// how to.
+fn open_browser(url: &str) -> Option<crane_operator::dashboard::Redirect> {
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {
         "xdg-open"
     };
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let redirect = match crane_operator::dashboard::Redirect::create(&dir, url) {
+        Ok(redirect) => redirect,
+        Err(e) => {
+            println!(
+                "could not write a page for the browser in {}: {e}: open the URL above in your browser",
+                dir.display()
+            );
+            return None;
+        }
+    };
     let opened = std::process::Command::new(opener)
-        .arg(url)
+        .arg(redirect.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
     if opened.is_err() {
-        println!("could not run {opener}: open {url} in your browser");
+        println!("could not run {opener}: open the URL above in your browser");
+        return None;
     }
+    Some(redirect)
 }
 
 /// The command line; as the kubectl plugin `kubectl-crane` (krew's naming), usage and

@@ -4,6 +4,10 @@
 //!
 //! The watches are kube-runtime reflectors on the operator's own client; every change
 //! wakes the open pages, which get their view re-rendered on the server.
+//!
+//! It serves only the one who launched it: every request carries the launch's random
+//! [`Token`], in the printed URL's `?token=` or in the cookie the first page sets, as
+//! Jupyter does; without it, 403.
 
 pub mod view;
 
@@ -24,25 +28,33 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use maud::html;
 use serde::Deserialize;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::api::{CraneReplicaSet, UpdateStrategyType};
 use crate::controller::api_for;
+use crate::decode::Decoded;
 use crate::service::OWNER_LABEL;
 use view::{Scope, Snapshot};
 
 /// The header every action must carry: a page of another origin cannot set it without a
 /// CORS preflight, which this server never allows.
 pub const ACTION_HEADER: &str = "x-crane-dashboard";
+/// The query parameter of the printed URL that carries the token.
+pub const TOKEN_PARAMETER: &str = "token";
 /// kubectl rollout restart's annotation, set on the pod template.
 const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// Changes are gathered this long before the open pages are re-rendered.
 const COALESCE: Duration = Duration::from_millis(50);
+/// Reads of an object a restart makes before it gives up on an object that keeps changing
+/// (its status is written while its pods change).
+const RESTART_ATTEMPTS: usize = 3;
 /// Ages on an open page are brought up to date this often without any change.
 const REFRESH: Duration = Duration::from_secs(5);
 
@@ -50,10 +62,12 @@ const REFRESH: Duration = Duration::from_secs(5);
 pub struct Cluster {
     client: Client,
     scope: Scope,
-    crs: Store<CraneReplicaSet>,
-    pods: Store<Pod>,
-    services: Store<Service>,
-    events: Store<Event>,
+    // Each object decoded on its own: one the types cannot hold is shown as unreadable
+    // and never fails the list of the others.
+    crs: Store<Decoded<CraneReplicaSet>>,
+    pods: Store<Decoded<Pod>>,
+    services: Store<Decoded<Service>>,
+    events: Store<Decoded<Event>>,
     changes: watch::Sender<u64>,
     /// Watches failing now, by name, with the error.
     errors: Mutex<BTreeMap<&'static str, String>>,
@@ -93,22 +107,37 @@ impl Cluster {
         tokio::spawn(follow(
             weak(),
             WATCHES[0],
-            reflector::reflector(crs_writer, lean(api_for(&client, ns), all.clone())),
+            reflector::reflector(
+                crs_writer,
+                lean(
+                    api_for::<Decoded<CraneReplicaSet>>(&client, ns),
+                    all.clone(),
+                ),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[1],
-            reflector::reflector(pod_writer, lean(api_for(&client, ns), owned.clone())),
+            reflector::reflector(
+                pod_writer,
+                lean(api_for::<Decoded<Pod>>(&client, ns), owned.clone()),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[2],
-            reflector::reflector(svc_writer, lean(api_for(&client, ns), owned)),
+            reflector::reflector(
+                svc_writer,
+                lean(api_for::<Decoded<Service>>(&client, ns), owned),
+            ),
         ));
         tokio::spawn(follow(
             weak(),
             WATCHES[3],
-            reflector::reflector(event_writer, lean(api_for(&client, ns), all)),
+            reflector::reflector(
+                event_writer,
+                lean(api_for::<Decoded<Event>>(&client, ns), all),
+            ),
         ));
         cluster
     }
@@ -199,18 +228,99 @@ fn explain(e: &watcher::Error) -> String {
     }
 }
 
+/// The secret of one launch of the dashboard: 256 bits from the operating system's RNG, as
+/// 64 hex digits (safe in a URL and a cookie as they are).
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn generate() -> std::io::Result<Self> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Token(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is this token, in a time that does not depend on where they
+    /// differ (a guesser learns nothing from how long a refusal takes).
+    fn matches(&self, candidate: &str) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(candidate.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// A page, readable only by its owner, that sends the browser on to the tokened URL: the
+/// browser is started with its path rather than the URL, which every local user could
+/// read in the process list (Jupyter's way). Removed when dropped.
+#[derive(Debug)]
+pub struct Redirect {
+    path: std::path::PathBuf,
+}
+
+impl Redirect {
+    /// Writes the page into `dir` (the user's runtime directory where there is one).
+    pub fn create(dir: &std::path::Path, url: &str) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = dir.join(format!(
+            "crane-dashboard-{}-{}.html",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        ));
+        // A new file only (never one another user planted), mode 0600 from its creation.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let page = html! {
+            (maud::DOCTYPE)
+            meta charset="utf-8";
+            meta http-equiv="refresh" content=(format!("0;url={url}"));
+            title { "crane-operator dashboard" }
+            p { a href=(url) { "Open the crane-operator dashboard" } }
+        };
+        file.write_all(page.into_string().as_bytes())?;
+        Ok(Redirect { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
     cluster: Arc<Cluster>,
     /// Host header values the server answers to (DNS-rebinding protection).
     hosts: Arc<Hosts>,
+    token: Token,
+    /// The cookie's name holds the port: dashboards on two ports of one host share the
+    /// browser's cookies for that host, and neither may overwrite the other's.
+    cookie: String,
 }
 
-/// The dashboard's routes, for `cluster`, answering to `hosts`.
-pub fn router(cluster: Arc<Cluster>, hosts: Hosts) -> Router {
+/// The dashboard's routes, for `cluster`, answering to `hosts`, for whoever has `token`.
+pub fn router(cluster: Arc<Cluster>, hosts: Hosts, token: Token) -> Router {
     let shared = Shared {
         cluster,
+        cookie: format!("crane-dashboard-{}", hosts.port),
         hosts: Arc::new(hosts),
+        token,
     };
     Router::new()
         .route("/", get(overview_page))
@@ -284,26 +394,70 @@ impl Hosts {
     }
 }
 
-/// Refuses requests for another host name (a DNS-rebinding page) and actions without the
-/// dashboard's header or from another origin.
+/// How a request proved it comes from the one who launched the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proof {
+    /// The token in the URL: the response sets the cookie.
+    Query,
+    Cookie,
+}
+
+/// Whether `request` carries `s`'s token, and how.
+fn proof(s: &Shared, request: &Request) -> Option<Proof> {
+    let in_query = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(key, value)| key == TOKEN_PARAMETER && s.token.matches(value));
+    if in_query {
+        return Some(Proof::Query);
+    }
+    let in_cookie = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == s.cookie && s.token.matches(value));
+    in_cookie.then_some(Proof::Cookie)
+}
+
+/// Refuses requests for another host name (a DNS-rebinding page), requests without the
+/// launch's token, and actions without the dashboard's header or from another origin.
 async fn guard(State(s): State<Shared>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !s.hosts.allows(host) {
+        .unwrap_or_default()
+        .to_string();
+    if !s.hosts.allows(&host) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
             format!("this dashboard answers only to {}\n", s.hosts.describe()),
         )
             .into_response();
     }
+    let Some(proof) = proof(&s, &request) else {
+        let message = format!(
+            "this dashboard serves only the one who started it: open the URL that \
+             `crane-operator dashboard` printed when it started (http://{host}/?{TOKEN_PARAMETER}=...)"
+        );
+        return if request.method() == axum::http::Method::GET {
+            (StatusCode::FORBIDDEN, format!("{message}\n")).into_response()
+        } else {
+            failure(StatusCode::FORBIDDEN, &message)
+        };
+    };
+    let headers = request.headers();
     if request.method() != axum::http::Method::GET {
         let same_origin = headers
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok())
-            .is_none_or(|o| o.strip_prefix("http://") == Some(host));
+            .is_none_or(|o| o.strip_prefix("http://") == Some(host.as_str()));
         if !headers.contains_key(ACTION_HEADER) || !same_origin {
             return failure(
                 StatusCode::FORBIDDEN,
@@ -311,7 +465,24 @@ async fn guard(State(s): State<Shared>, request: Request, next: Next) -> Respons
             );
         }
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    // The URL holds the token: no link followed from the page may send it on.
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    if proof == Proof::Query {
+        let cookie = format!(
+            "{}={}; HttpOnly; SameSite=Strict; Path=/",
+            s.cookie,
+            s.token.as_str()
+        );
+        if let Ok(cookie) = header::HeaderValue::from_str(&cookie) {
+            headers.insert(header::SET_COOKIE, cookie);
+        }
+    }
+    response
 }
 
 async fn overview_page(State(s): State<Shared>) -> Html<String> {
@@ -462,25 +633,39 @@ fn restart_refused(crs: &CraneReplicaSet) -> Option<String> {
     })
 }
 
+/// Restarts `name` if, as the API server has it now, it is a RollingUpdate object: the page
+/// and the cache may be a moment behind a strategy just changed. The patch applies only to
+/// the version that was read (its resourceVersion); when the object changed in between, it
+/// is read and decided again.
 async fn restart(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
-    let shown = s
-        .cluster
-        .crs
-        .get(&ObjectRef::<CraneReplicaSet>::new(&name).within(&ns));
-    if let Some(refused) = shown.as_deref().and_then(restart_refused) {
-        return failure(StatusCode::CONFLICT, &refused);
-    }
     let api: Api<CraneReplicaSet> = Api::namespaced(s.cluster.client.clone(), &ns);
-    let now = jiff::Timestamp::now().to_string();
-    let patch = Patch::Merge(json!({
-        "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: now } } } }
-    }));
-    match api.patch(&name, &PatchParams::default(), &patch).await {
-        Ok(_) => done(format!(
-            "{name} restarting: its pods are replaced a few at a time"
-        )),
-        Err(e) => api_failure(e),
+    for _ in 0..RESTART_ATTEMPTS {
+        let crs = match api.get(&name).await {
+            Ok(crs) => crs,
+            Err(e) => return api_failure(e),
+        };
+        if let Some(refused) = restart_refused(&crs) {
+            return failure(StatusCode::CONFLICT, &refused);
+        }
+        let now = jiff::Timestamp::now().to_string();
+        let patch = Patch::Merge(json!({
+            "metadata": { "resourceVersion": crs.resource_version() },
+            "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: now } } } }
+        }));
+        match api.patch(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => {
+                return done(format!(
+                    "{name} restarting: its pods are replaced a few at a time"
+                ));
+            }
+            Err(kube::Error::Api(e)) if e.code == StatusCode::CONFLICT.as_u16() => {}
+            Err(e) => return api_failure(e),
+        }
     }
+    failure(
+        StatusCode::CONFLICT,
+        &format!("{name} kept changing while it was being restarted: try again"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -508,14 +693,15 @@ async fn delete_pod(
     }
 }
 
-/// Serves the dashboard until `shutdown`.
+/// Serves the dashboard, to whoever has `token`, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cluster: Arc<Cluster>,
+    token: Token,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
-    let app = router(cluster, Hosts::for_address(address));
+    let app = router(cluster, Hosts::for_address(address), token);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -524,6 +710,458 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use http::{HeaderMap, Method};
+    use tower::ServiceExt as _;
+    use tower_test::mock;
+
+    type ApiHandle =
+        mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+    /// What the scripted API server was asked: method, path and JSON body.
+    type Seen = tokio::sync::mpsc::UnboundedReceiver<(Method, String, serde_json::Value)>;
+
+    const HOST: &str = "127.0.0.1:8001";
+    const COOKIE: &str = "crane-dashboard-8001";
+
+    /// A dashboard on 127.0.0.1:8001 whose cache holds `cached`, on a scripted API server.
+    fn dashboard(cached: &[CraneReplicaSet]) -> (Router, Token, ApiHandle) {
+        let (service, handle) = mock::pair();
+        let (crs, mut writer) = reflector::store();
+        for c in cached {
+            writer.apply_watcher_event(&watcher::Event::Apply(Decoded::Ok(c.clone())));
+        }
+        let cluster = Arc::new(Cluster {
+            client: Client::new(service, "default"),
+            scope: Scope::Namespace("default".into()),
+            crs,
+            pods: reflector::store().0,
+            services: reflector::store().0,
+            events: reflector::store().0,
+            changes: watch::channel(0).0,
+            errors: Mutex::new(BTreeMap::new()),
+            synced: Mutex::new(WATCHES.to_vec()),
+        });
+        let token = Token::generate().expect("a token");
+        let hosts = Hosts::for_address(HOST.parse().unwrap());
+        (router(cluster, hosts, token.clone()), token, handle)
+    }
+
+    /// Answers the API requests in turn with `answers` (status and JSON body), and reports
+    /// each request.
+    fn scripted(mut api: ApiHandle, answers: Vec<(u16, serde_json::Value)>) -> Seen {
+        use http_body_util::BodyExt as _;
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            while let Some((request, send)) = api.next_request().await {
+                let (method, path) = (request.method().clone(), request.uri().path().to_string());
+                let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                let body = serde_json::from_slice(&bytes).unwrap_or_default();
+                let _ = tx.send((method, path, body));
+                let Some((status, answer)) = answers.next() else {
+                    // Unscripted: the dashboard gets an error, the test what was asked.
+                    continue;
+                };
+                let response = http::Response::builder()
+                    .status(status)
+                    .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+        seen
+    }
+
+    /// Every request the API server got once the dashboard is gone.
+    async fn all_seen(app: Router, mut seen: Seen) -> Vec<(Method, String, serde_json::Value)> {
+        drop(app);
+        let mut all = Vec::new();
+        while let Some(request) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("the scripted API server stops when the dashboard is gone")
+        {
+            all.push(request);
+        }
+        all
+    }
+
+    fn get(path: &str) -> http::Request<Body> {
+        http::Request::get(path)
+            .header(header::HOST, HOST)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn with_cookie(mut request: http::Request<Body>, cookie: &str) -> http::Request<Body> {
+        request
+            .headers_mut()
+            .insert(header::COOKIE, cookie.parse().unwrap());
+        request
+    }
+
+    /// An action as the page sends it, header and origin included.
+    fn action(path: &str, body: serde_json::Value) -> http::Request<Body> {
+        http::Request::post(path)
+            .header(header::HOST, HOST)
+            .header(header::ORIGIN, format!("http://{HOST}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(ACTION_HEADER, "1")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    async fn send(app: &Router, request: http::Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let response = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(request))
+            .await
+            .expect("the dashboard answers within 10 s")
+            .expect("an answer");
+        let (parts, body) = response.into_parts();
+        // An event stream never ends: its first bytes are enough.
+        let text = if parts.headers.get(header::CONTENT_TYPE)
+            == Some(&header::HeaderValue::from_static("text/event-stream"))
+        {
+            String::new()
+        } else {
+            let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("a body");
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        (parts.status, parts.headers, text)
+    }
+
+    fn refused_with_the_way_in(status: StatusCode, body: &str) {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body.contains("open the URL that `crane-operator dashboard` printed")
+                && body.contains("http://127.0.0.1:8001/?token=..."),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_without_the_token_is_refused_and_told_how_to_get_in() {
+        let (app, _token, _api) = dashboard(&[]);
+        for path in [
+            "/",
+            "/crs/default/crane",
+            "/live/overview",
+            "/assets/app.js",
+        ] {
+            let (status, headers, body) = send(&app, get(path)).await;
+            refused_with_the_way_in(status, &body);
+            assert!(!headers.contains_key(header::SET_COOKIE), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_in_the_url_and_in_the_cookie() {
+        let (app, token, _api) = dashboard(&[]);
+        let other = Token::generate().unwrap();
+        let mut near = token.as_str().to_string();
+        let last = if near.ends_with('0') { "1" } else { "0" };
+        near.replace_range(near.len() - 1.., last);
+        let prefix = &token.as_str()[..32];
+        for wrong in [other.as_str(), near.as_str(), prefix, ""] {
+            let (status, _, body) = send(&app, get(&format!("/?token={wrong}"))).await;
+            refused_with_the_way_in(status, &body);
+            let cookie = format!("{COOKIE}={wrong}");
+            let (status, _, body) = send(&app, with_cookie(get("/"), &cookie)).await;
+            refused_with_the_way_in(status, &body);
+        }
+        // The right token under another port's cookie name is another dashboard's.
+        let elsewhere = format!("crane-dashboard-9000={}", token.as_str());
+        let (status, _, body) = send(&app, with_cookie(get("/"), &elsewhere)).await;
+        refused_with_the_way_in(status, &body);
+    }
+
+    #[tokio::test]
+    async fn the_printed_url_opens_the_page_and_sets_the_cookie() {
+        let (app, token, _api) = dashboard(&[]);
+        let (status, headers, body) = send(&app, get(&format!("/?token={}", token.as_str()))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("<h1>CraneReplicaSets</h1>"), "{body}");
+        assert_eq!(
+            headers
+                .get(header::SET_COOKIE)
+                .and_then(|c| c.to_str().ok()),
+            Some(
+                format!(
+                    "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+                    token.as_str()
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(
+            headers
+                .get(header::REFERRER_POLICY)
+                .and_then(|c| c.to_str().ok()),
+            Some("no-referrer"),
+            "a link followed from the page would send the token on"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cookie_alone_lets_in_the_pages_their_stream_and_their_actions() {
+        let (app, token, api) = dashboard(&[]);
+        let seen = scripted(
+            api,
+            vec![(200, json!({"kind": "Status", "status": "Success"}))],
+        );
+        let cookie = format!("theme=dark; {COOKIE}={}", token.as_str());
+        for path in [
+            "/",
+            "/crs/default/crane",
+            "/assets/app.js",
+            "/live/overview",
+        ] {
+            let (status, headers, body) = send(&app, with_cookie(get(path), &cookie)).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert!(!headers.contains_key(header::SET_COOKIE), "{path}");
+        }
+        let delete = action(
+            "/api/namespaces/default/pods/crane-abcde/delete",
+            json!({"uid": "pod-uid"}),
+        );
+        let (status, _, body) = send(&app, with_cookie(delete, &cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let sent = all_seen(app, seen).await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            (&sent[0].0, sent[0].1.as_str()),
+            (
+                &Method::DELETE,
+                "/api/v1/namespaces/default/pods/crane-abcde"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_action_without_the_token_reaches_nothing() {
+        let (app, _token, api) = dashboard(&[crate::api::fixtures::crane(1)]);
+        // Any request would be seen, then fail (no answer is scripted).
+        let seen = scripted(api, vec![]);
+        let actions = [
+            ("/api/namespaces/default/pods/crane-abcde/delete", json!({})),
+            (
+                "/api/namespaces/default/cranereplicasets/crane/scale",
+                json!({"replicas": 0}),
+            ),
+            (
+                "/api/namespaces/default/cranereplicasets/crane/restart",
+                json!({}),
+            ),
+        ];
+        for (path, body) in actions {
+            // The page's constant header and origin, as any local process can send them.
+            let (status, headers, answer) = send(&app, action(path, body)).await;
+            refused_with_the_way_in(status, &answer);
+            assert_eq!(
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|c| c.to_str().ok()),
+                Some("application/json"),
+                "the page shows an action's error from its JSON"
+            );
+        }
+        let sent = all_seen(app, seen).await;
+        assert!(sent.is_empty(), "requests reached the API server: {sent:?}");
+    }
+
+    /// The fixture as the API server has it, with `strategy`, at `resource_version`.
+    fn stored(strategy: UpdateStrategyType, resource_version: &str) -> CraneReplicaSet {
+        let mut crs = crate::api::fixtures::crane(1);
+        crs.spec.update_strategy.type_ = strategy;
+        crs.metadata.resource_version = Some(resource_version.into());
+        crs
+    }
+
+    fn restart_request(token: &Token) -> http::Request<Body> {
+        action(
+            &format!(
+                "/api/namespaces/default/cranereplicasets/crane/restart?token={}",
+                token.as_str()
+            ),
+            json!({}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_restart_is_refused_when_the_object_turned_on_delete_after_the_cache_saw_it() {
+        let (app, token, api) = dashboard(&[stored(UpdateStrategyType::RollingUpdate, "1")]);
+        let now = serde_json::to_value(stored(UpdateStrategyType::OnDelete, "2")).unwrap();
+        let seen = scripted(api, vec![(200, now)]);
+        let (status, _, body) = send(&app, restart_request(&token)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("crane has updateStrategy OnDelete"), "{body}");
+        let sent = all_seen(app, seen).await;
+        let methods: Vec<&Method> = sent.iter().map(|(m, _, _)| m).collect();
+        assert_eq!(methods, [&Method::GET], "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn a_restart_is_done_when_the_object_turned_rolling_update_after_the_cache_saw_it() {
+        let (app, token, api) = dashboard(&[stored(UpdateStrategyType::OnDelete, "1")]);
+        let now = serde_json::to_value(stored(UpdateStrategyType::RollingUpdate, "2")).unwrap();
+        let seen = scripted(api, vec![(200, now.clone()), (200, now)]);
+        let (status, _, body) = send(&app, restart_request(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let sent = all_seen(app, seen).await;
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].0, Method::GET);
+        let (method, path, patch) = &sent[1];
+        assert_eq!(
+            (method, path.as_str()),
+            (
+                &Method::PATCH,
+                "/apis/crane.dev/v1/namespaces/default/cranereplicasets/crane"
+            )
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "2", "{patch:#}");
+        assert!(
+            patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string(),
+            "{patch:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_that_meets_a_changed_object_decides_again_on_the_new_one() {
+        let (app, token, api) = dashboard(&[stored(UpdateStrategyType::RollingUpdate, "1")]);
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+        let seen = scripted(
+            api,
+            vec![
+                (
+                    200,
+                    serde_json::to_value(stored(UpdateStrategyType::RollingUpdate, "1")).unwrap(),
+                ),
+                (409, conflict),
+                (
+                    200,
+                    serde_json::to_value(stored(UpdateStrategyType::OnDelete, "2")).unwrap(),
+                ),
+            ],
+        );
+        let (status, _, body) = send(&app, restart_request(&token)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("crane has updateStrategy OnDelete"), "{body}");
+        let sent = all_seen(app, seen).await;
+        let methods: Vec<&Method> = sent.iter().map(|(m, _, _)| m).collect();
+        assert_eq!(
+            methods,
+            [&Method::GET, &Method::PATCH, &Method::GET],
+            "{sent:?}"
+        );
+        assert_eq!(sent[1].2["metadata"]["resourceVersion"], "1");
+    }
+
+    /// An API server whose lists hold `crs` and nothing else, and whose watches never
+    /// send anything.
+    fn listing(mut api: ApiHandle, crs: Vec<serde_json::Value>) {
+        tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((request, send)) = api.next_request().await {
+                if request
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("watch=true")
+                {
+                    watches.push(send);
+                    continue;
+                }
+                let path = request.uri().path();
+                let items = if path.ends_with("/cranereplicasets") {
+                    crs.clone()
+                } else {
+                    vec![]
+                };
+                let list = json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": "7"}, "items": items});
+                let response = http::Response::builder()
+                    .status(200)
+                    .body(kube::client::Body::from(list.to_string().into_bytes()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn one_undecodable_crane_replica_set_is_listed_as_unreadable_beside_the_others() {
+        let (service, api) = mock::pair();
+        let object = |name: &str| {
+            let mut crs = serde_json::to_value(crate::api::fixtures::crane(2)).unwrap();
+            crs["metadata"]["name"] = json!(name);
+            crs["metadata"]["uid"] = json!(format!("uid-{name}"));
+            crs
+        };
+        // A year the API server stores and the Rust types cannot hold.
+        let mut poison = object("poison");
+        poison["spec"]["template"]["metadata"]["creationTimestamp"] = json!("9999-12-31T23:59:59Z");
+        listing(api, vec![poison, object("alive")]);
+        let cluster = Cluster::start(
+            Client::new(service, "default"),
+            Scope::Namespace("default".into()),
+        );
+        let mut changes = cluster.changes.subscribe();
+        let listed =
+            |s: &Snapshot| !s.loading.contains(&"cranereplicasets") || !s.errors.is_empty();
+        let snapshot = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let snapshot = cluster.snapshot();
+                if listed(&snapshot) {
+                    return snapshot;
+                }
+                changes.changed().await.expect("the dashboard is there");
+            }
+        })
+        .await
+        .expect("the CraneReplicaSets are listed, or their watch fails, within 10 s");
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let html = view::text(view::overview(&snapshot));
+        assert!(html.contains(r#"<tr data-name="alive""#), "{html}");
+        assert!(
+            html.contains(r#"<tr class="unreadable" data-name="poison""#),
+            "{html}"
+        );
+        assert!(
+            html.contains("spec.template.metadata.creationTimestamp"),
+            "the row says which field cannot be read: {html}"
+        );
+    }
+
+    #[test]
+    fn tokens_are_256_random_bits_in_hex() {
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        assert_eq!(a.as_str().len(), 64);
+        assert!(
+            a.as_str().bytes().all(|c| c.is_ascii_hexdigit()),
+            "{}",
+            a.as_str()
+        );
+        assert_ne!(a.as_str(), b.as_str());
+        assert!(a.matches(a.as_str()) && !a.matches(b.as_str()));
+        assert_eq!(format!("{a:?}"), "Token(..)", "a log line must not show it");
+    }
+
+    #[test]
+    fn the_browser_is_sent_on_by_a_page_only_its_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir();
+        let url = "http://127.0.0.1:8001/?token=0123abcd";
+        let redirect = Redirect::create(&dir, url).expect("the page is written");
+        let path = redirect.path().to_path_buf();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(&format!(r#"content="0;url={url}""#)),
+            "{page}"
+        );
+        drop(redirect);
+        assert!(!path.exists(), "the page outlives the dashboard");
+    }
 
     #[test]
     fn a_loopback_dashboard_answers_only_to_loopback_names() {

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::api::{CraneReplicaSet, UpdateStrategyType};
+use crate::decode::{Decoded, Undecodable};
 use crate::diagnostics;
 use crate::pods::{PodFacts, TEMPLATE_HASH_LABEL, template_hash};
 
@@ -44,13 +46,13 @@ impl Scope {
     }
 }
 
-/// What the watches hold at one moment.
+/// What the watches hold at one moment: each object decoded, or why it could not be.
 pub struct Snapshot {
     pub scope: Scope,
-    pub crs: Vec<Arc<CraneReplicaSet>>,
-    pub pods: Vec<Arc<Pod>>,
-    pub services: Vec<Arc<Service>>,
-    pub events: Vec<Arc<Event>>,
+    pub crs: Vec<Arc<Decoded<CraneReplicaSet>>>,
+    pub pods: Vec<Arc<Decoded<Pod>>>,
+    pub services: Vec<Arc<Decoded<Service>>>,
+    pub events: Vec<Arc<Decoded<Event>>>,
     /// Watches that fail now, with their error: said on the page, which keeps what it had.
     pub errors: Vec<String>,
     /// Watches whose first list has not arrived yet.
@@ -58,40 +60,70 @@ pub struct Snapshot {
     pub now: Timestamp,
 }
 
+/// The objects of `all` that decoded.
+fn readable<K>(all: &[Arc<Decoded<K>>]) -> impl Iterator<Item = &K> {
+    all.iter().filter_map(|d| match d.as_ref() {
+        Decoded::Ok(k) => Some(k),
+        Decoded::Undecodable(_) => None,
+    })
+}
+
+/// The objects of `all` that did not decode.
+fn unreadable<K>(all: &[Arc<Decoded<K>>]) -> impl Iterator<Item = &Undecodable> {
+    all.iter().filter_map(|d| match d.as_ref() {
+        Decoded::Ok(_) => None,
+        Decoded::Undecodable(u) => Some(u.as_ref()),
+    })
+}
+
+/// Whether `meta` names `ns`/`name`.
+fn named(meta: &ObjectMeta, ns: &str, name: &str) -> bool {
+    meta.namespace.as_deref() == Some(ns) && meta.name.as_deref() == Some(name)
+}
+
+/// Whether `meta`'s object is controlled by `crs` (by its UID, as the controller counts).
+fn controlled_by(meta: &ObjectMeta, crs: &CraneReplicaSet) -> bool {
+    let uid = crs.uid();
+    meta.namespace == crs.namespace()
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
 impl Snapshot {
     fn find(&self, ns: &str, name: &str) -> Option<&CraneReplicaSet> {
-        self.crs
-            .iter()
-            .map(AsRef::as_ref)
-            .find(|c| c.namespace().as_deref() == Some(ns) && c.name_any() == name)
+        readable(&self.crs).find(|c| named(&c.metadata, ns, name))
     }
 
-    /// The pods `crs` controls (by its UID, as the controller counts them), by name.
+    fn find_unreadable(&self, ns: &str, name: &str) -> Option<&Undecodable> {
+        unreadable(&self.crs).find(|u| named(&u.meta, ns, name))
+    }
+
+    /// The pods `crs` controls, by name.
     fn pods_of(&self, crs: &CraneReplicaSet) -> Vec<&Pod> {
-        let uid = crs.uid();
-        let mut pods: Vec<&Pod> = self
-            .pods
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|p| p.namespace() == crs.namespace())
-            .filter(|p| {
-                p.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-            })
+        let mut pods: Vec<&Pod> = readable(&self.pods)
+            .filter(|p| controlled_by(&p.metadata, crs))
             .collect();
         pods.sort_by_key(|p| p.name_any());
         pods
     }
 
-    fn service_of(&self, crs: &CraneReplicaSet) -> Option<&Service> {
-        let uid = crs.uid();
-        self.services.iter().map(AsRef::as_ref).find(|s| {
-            s.namespace() == crs.namespace()
-                && s.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-        })
+    /// The pods `crs` controls that cannot be read, by name.
+    fn unreadable_pods_of(&self, crs: &CraneReplicaSet) -> Vec<&Undecodable> {
+        let mut pods: Vec<&Undecodable> = unreadable(&self.pods)
+            .filter(|p| controlled_by(&p.meta, crs))
+            .collect();
+        pods.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        pods
+    }
+
+    fn service_of(&self, crs: &CraneReplicaSet) -> Result<Option<&Service>, &Undecodable> {
+        if let Some(bad) = unreadable(&self.services).find(|u| controlled_by(&u.meta, crs)) {
+            return Err(bad);
+        }
+        Ok(readable(&self.services).find(|s| controlled_by(&s.metadata, crs)))
     }
 
     /// Events about `crs`, its pods and its Service, newest first.
@@ -104,10 +136,7 @@ impl Snapshot {
         let mut uids: Vec<String> = pods.iter().filter_map(|p| p.uid()).collect();
         uids.extend(crs.uid());
         uids.extend(service.and_then(|s| s.uid()));
-        let mut events: Vec<&Event> = self
-            .events
-            .iter()
-            .map(AsRef::as_ref)
+        let mut events: Vec<&Event> = readable(&self.events)
             .filter(|e| e.metadata.namespace == crs.namespace())
             .filter(|e| {
                 e.regarding
@@ -229,7 +258,7 @@ fn external_ip(value: &str, port: i32) -> Markup {
 
 /// Every CraneReplicaSet, as `kubectl get crs` lists them.
 pub fn overview(s: &Snapshot) -> Markup {
-    let mut crs: Vec<&CraneReplicaSet> = s.crs.iter().map(AsRef::as_ref).collect();
+    let mut crs: Vec<&Decoded<CraneReplicaSet>> = s.crs.iter().map(AsRef::as_ref).collect();
     crs.sort_by_key(|c| (c.namespace(), c.name_any()));
     let all = s.scope == Scope::All;
     html! {
@@ -248,31 +277,64 @@ pub fn overview(s: &Snapshot) -> Markup {
                     th.num { "AVAILABLE" } th { "EXTERNAL-IP" } th { "STATUS" } th { "ISSUE" } th { "AGE" }
                 } }
                 tbody {
-                    @for c in crs {
-                        @let ns = c.namespace().unwrap_or_default();
-                        @let st = c.status.clone().unwrap_or_default();
-                        @let issue = st.pod_issues.first();
-                        tr data-name=(c.name_any()) data-namespace=(ns) {
-                            @if all { td { (ns) } }
-                            td { a id=(format!("open-{ns}-{}", c.name_any())) href=(format!("/crs/{ns}/{}", c.name_any())) { (c.name_any()) } }
-                            td.num.desired { (c.spec.replicas) }
-                            td.num.current { (st.replicas) }
-                            td.num.ready { (st.ready_replicas) }
-                            td.num.available { (st.available_replicas) }
-                            td.external-ip { (external_ip(st.service.as_ref().map_or("<none>", |x| x.external_ip.as_str()), c.spec.service.port)) }
-                            td.status { (summary(c)) }
-                            td.issue {
-                                @if let Some(i) = issue {
-                                    strong.reason { (i.reason) } " (" (i.count) ") "
-                                    span.hint { (i.hint) }
-                                }
-                            }
-                            td { (age(created(c), s.now)) }
+                    @for d in crs {
+                        @match d {
+                            Decoded::Ok(c) => { (crs_row(c, all, s.now)) }
+                            Decoded::Undecodable(bad) => { (unreadable_row(bad, all, s.now)) }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// One CraneReplicaSet's row of the overview.
+fn crs_row(c: &CraneReplicaSet, all: bool, now: Timestamp) -> Markup {
+    let ns = c.namespace().unwrap_or_default();
+    html! {
+        @let st = c.status.clone().unwrap_or_default();
+        @let issue = st.pod_issues.first();
+        tr data-name=(c.name_any()) data-namespace=(ns) {
+            @if all { td { (ns) } }
+            td { a id=(format!("open-{ns}-{}", c.name_any())) href=(format!("/crs/{ns}/{}", c.name_any())) { (c.name_any()) } }
+            td.num.desired { (c.spec.replicas) }
+            td.num.current { (st.replicas) }
+            td.num.ready { (st.ready_replicas) }
+            td.num.available { (st.available_replicas) }
+            td.external-ip { (external_ip(st.service.as_ref().map_or("<none>", |x| x.external_ip.as_str()), c.spec.service.port)) }
+            td.status { (summary(c)) }
+            td.issue {
+                @if let Some(i) = issue {
+                    strong.reason { (i.reason) } " (" (i.count) ") "
+                    span.hint { (i.hint) }
+                }
+            }
+            td { (age(created(c), now)) }
+        }
+    }
+}
+
+/// A CraneReplicaSet the dashboard cannot read, as a row that says why.
+fn unreadable_row(bad: &Undecodable, all: bool, now: Timestamp) -> Markup {
+    let ns = bad.meta.namespace.clone().unwrap_or_default();
+    let name = bad.meta.name.clone().unwrap_or_default();
+    html! {
+        tr.unreadable data-name=(name) data-namespace=(ns) {
+            @if all { td { (ns) } }
+            td { a id=(format!("open-{ns}-{name}")) href=(format!("/crs/{ns}/{name}")) { (name) } }
+            td colspan="5" {}
+            td.status { "Unreadable" }
+            td.issue { (cannot_read(bad)) }
+            td { (age(bad.meta.creation_timestamp.as_ref().map(|t| t.0), now)) }
+        }
+    }
+}
+
+/// Why an object cannot be read: the field that failed and serde's reason.
+fn cannot_read(bad: &Undecodable) -> Markup {
+    html! {
+        strong.reason { "cannot be read" } ": " code.field { (bad.field) } ": " span.hint { (bad.error) }
     }
 }
 
@@ -329,7 +391,13 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
         return html! {
             h1 { "CraneReplicaSet " (ns) "/" (name) }
             (trouble(s))
-            @if s.loading.is_empty() {
+            @if let Some(bad) = s.find_unreadable(ns, name) {
+                p.error #unreadable {
+                    "This CraneReplicaSet " (cannot_read(bad)) ". Fix it with "
+                    code { "kubectl edit cranereplicaset " (name) " -n " (ns) }
+                    "; until then crane-operator leaves it alone."
+                }
+            } @else if s.loading.is_empty() {
                 p.empty { "There is no CraneReplicaSet " (name) " in namespace " (ns) " (any more). "
                     a href="/" { "All CraneReplicaSets" } }
             }
@@ -337,8 +405,9 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
     };
     let st = c.status.clone().unwrap_or_default();
     let pods = s.pods_of(c);
+    let unreadable_pods = s.unreadable_pods_of(c);
     let service = s.service_of(c);
-    let events = s.events_of(c, &pods, service);
+    let events = s.events_of(c, &pods, service.ok().flatten());
     let hash = template_hash(c);
     let active: Vec<&&Pod> = pods
         .iter()
@@ -379,7 +448,7 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
                 title=(refused.as_deref().unwrap_or("Replace every pod, a few at a time")) { "Restart" }
         }
         h2 { "Pods" }
-        @if pods.is_empty() {
+        @if pods.is_empty() && unreadable_pods.is_empty() {
             p.empty { "No pods." }
         } @else {
             table #pods {
@@ -409,6 +478,23 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
                                 @if !facts.terminating {
                                     button.delete-pod type="button" id=(format!("delete-{}", facts.name))
                                         data-namespace=(ns) data-pod=(facts.name) data-uid=(facts.uid) { "Delete" }
+                                }
+                            }
+                        }
+                    }
+                    @for bad in &unreadable_pods {
+                        @let pod = bad.meta.name.clone().unwrap_or_default();
+                        // Deleting it is one way out: its CraneReplicaSet makes a readable one.
+                        tr.unreadable data-pod=(pod) data-status="Unreadable" {
+                            td { (pod) }
+                            td.status { "Unreadable" }
+                            td colspan="5" {}
+                            td { (age(bad.meta.creation_timestamp.as_ref().map(|t| t.0), s.now)) }
+                            td.issue { (cannot_read(bad)) }
+                            td {
+                                @if bad.meta.deletion_timestamp.is_none() {
+                                    button.delete-pod type="button" id=(format!("delete-{pod}"))
+                                        data-namespace=(ns) data-pod=(pod) data-uid=[bad.meta.uid.as_deref()] { "Delete" }
                                 }
                             }
                         }
@@ -455,12 +541,20 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
 
 fn service_view(
     c: &CraneReplicaSet,
-    service: Option<&Service>,
+    service: Result<Option<&Service>, &Undecodable>,
     st: &crate::api::CraneReplicaSetStatus,
 ) -> Markup {
     if !c.spec.service.enabled {
         return html! { p.empty { "No Service (spec.service.enabled is false)." } };
     }
+    let service = match service {
+        Ok(service) => service,
+        Err(bad) => {
+            return html! {
+                p.error #service { "The Service " (bad.meta.name.clone().unwrap_or_default()) " " (cannot_read(bad)) }
+            };
+        }
+    };
     let failure = st
         .conditions
         .iter()
@@ -557,8 +651,8 @@ mod tests {
     fn snapshot(crs: Vec<CraneReplicaSet>, pods: Vec<Pod>) -> Snapshot {
         Snapshot {
             scope: Scope::Namespace("default".into()),
-            crs: crs.into_iter().map(Arc::new).collect(),
-            pods: pods.into_iter().map(Arc::new).collect(),
+            crs: crs.into_iter().map(|c| Arc::new(Decoded::Ok(c))).collect(),
+            pods: pods.into_iter().map(|p| Arc::new(Decoded::Ok(p))).collect(),
             services: vec![],
             events: vec![],
             errors: vec![],
@@ -645,6 +739,94 @@ mod tests {
         );
     }
 
+    /// `name`, which did not decode at `field`, controlled by `owner` if given.
+    fn bad<K>(name: &str, field: &str, owner: Option<&CraneReplicaSet>) -> Arc<Decoded<K>> {
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "creationTimestamp": "2026-11-30T11:58:00Z",
+            "ownerReferences": owner.map(|o| vec![json!({"apiVersion": "crane.dev/v1",
+                "kind": "CraneReplicaSet", "name": o.name_any(), "uid": o.uid(), "controller": true})]),
+        }))
+        .unwrap();
+        Arc::new(Decoded::Undecodable(Box::new(Undecodable {
+            meta,
+            field: field.into(),
+            error: "converting datetime to timestamp overflowed".into(),
+        })))
+    }
+
+    #[test]
+    fn an_unreadable_object_is_a_row_that_says_why_and_its_page_too() {
+        let mut s = snapshot(vec![crs("crane", 3)], vec![]);
+        s.crs.push(bad(
+            "poison",
+            "spec.template.metadata.creationTimestamp",
+            None,
+        ));
+        let html = text(overview(&s));
+        assert!(html.contains(r#"<tr data-name="crane""#), "{html}");
+        let row = &html[html
+            .find(r#"<tr class="unreadable" data-name="poison""#)
+            .expect(&html)..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains(r#"<td class="status">Unreadable</td>"#),
+            "{row}"
+        );
+        assert!(
+            row.contains("cannot be read")
+                && row.contains("spec.template.metadata.creationTimestamp")
+                && row.contains("overflowed"),
+            "{row}"
+        );
+        assert!(row.contains(r#"href="/crs/default/poison""#), "{row}");
+        assert!(
+            row.contains("<td>2m</td>"),
+            "its age, from its metadata: {row}"
+        );
+
+        let page = text(detail(&s, "default", "poison"));
+        assert!(
+            page.contains("This CraneReplicaSet <strong class=\"reason\">cannot be read</strong>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("kubectl edit cranereplicaset poison -n default"),
+            "{page}"
+        );
+        assert!(!page.contains("There is no CraneReplicaSet"), "{page}");
+    }
+
+    #[test]
+    fn an_unreadable_pod_or_service_is_shown_with_why_and_the_pod_can_be_deleted() {
+        let c = crs("crane", 2);
+        let mut s = snapshot(vec![c.clone()], vec![pod("crane-abcde", &c)]);
+        s.pods
+            .push(bad("crane-fghij", "status.startTime", Some(&c)));
+        s.pods.push(bad("other-klmno", "status.startTime", None));
+        s.services
+            .push(bad("crane", "metadata.creationTimestamp", Some(&c)));
+        let html = text(detail(&s, "default", "crane"));
+        assert!(html.contains(r#"data-pod="crane-abcde""#), "{html}");
+        let row = &html[html
+            .find(r#"<tr class="unreadable" data-pod="crane-fghij" data-status="Unreadable""#)
+            .expect(&html)..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(row.contains("status.startTime"), "{row}");
+        assert!(
+            row.contains(r#"data-pod="crane-fghij" data-uid="uid-crane-fghij""#),
+            "its Delete button: {row}"
+        );
+        assert!(
+            !html.contains("other-klmno"),
+            "another object's pod: {html}"
+        );
+        assert!(
+            html.contains("The Service crane <strong class=\"reason\">cannot be read</strong>"),
+            "{html}"
+        );
+    }
+
     #[test]
     fn a_missing_object_says_so() {
         let html = text(detail(&snapshot(vec![], vec![]), "default", "gone"));
@@ -666,8 +848,8 @@ mod tests {
     #[test]
     fn events_are_newest_first() {
         let c = crs("crane", 1);
-        let event = |reason: &str, at: &str| -> Arc<Event> {
-            Arc::new(Event {
+        let event = |reason: &str, at: &str| -> Arc<Decoded<Event>> {
+            Arc::new(Decoded::Ok(Event {
                 metadata: kube::api::ObjectMeta {
                     namespace: Some("default".into()),
                     ..Default::default()
@@ -683,7 +865,7 @@ mod tests {
                     ..Default::default()
                 }),
                 ..Default::default()
-            })
+            }))
         };
         let mut s = snapshot(vec![c.clone()], vec![]);
         s.events = vec![

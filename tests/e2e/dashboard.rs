@@ -32,14 +32,21 @@ enum Invocation {
     KubectlPlugin,
 }
 
-/// `crane-operator dashboard` for `namespace` with `kubeconfig`; its address.
-async fn dashboard(
-    namespace: &str,
-    kubeconfig: &std::path::Path,
-    how: Invocation,
-) -> (Process, String) {
+/// A running dashboard.
+struct Dashboard {
+    process: Process,
+    /// `http://127.0.0.1:PORT`, without the token.
+    base: String,
+    /// The URL it printed: `http://127.0.0.1:PORT/?token=...`.
+    printed: String,
+    /// `token=...`, the printed URL's query.
+    token: String,
+}
+
+/// `crane-operator dashboard` for `namespace` with `kubeconfig`, once it serves.
+async fn dashboard(namespace: &str, kubeconfig: &std::path::Path, how: Invocation) -> Dashboard {
     let port = free_port();
-    let (_, out) = new_log(&format!("dashboard-{namespace}-{port}.log"));
+    let (log, out) = new_log(&format!("dashboard-{namespace}-{port}.log"));
     let binary = env!("CARGO_BIN_EXE_crane-operator");
     let mut command = match how {
         Invocation::Binary => Command::new(binary),
@@ -72,11 +79,59 @@ async fn dashboard(
         .expect("start crane-operator dashboard");
     let process = Process(child);
     let addr = format!("127.0.0.1:{port}");
-    wait_for("the dashboard to serve", SHORT, || async {
-        http_get(&addr, "/assets/style.css").await
+    let base = format!("http://{addr}");
+    let printed = wait_for("the dashboard to print its URL", SHORT, || async {
+        let out = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        out.split_whitespace()
+            .find(|word| word.starts_with(&format!("{base}/?token=")))
+            .map(str::to_string)
+            .ok_or_else(|| format!("it printed {out:?}"))
     })
     .await;
-    (process, format!("http://{addr}"))
+    let token = printed
+        .split_once('?')
+        .map(|(_, query)| query.to_string())
+        .expect("the printed URL has a query");
+    wait_for("the dashboard to serve", SHORT, || async {
+        http_get(&addr, &format!("/assets/style.css?{token}")).await
+    })
+    .await;
+    Dashboard {
+        process,
+        base,
+        printed,
+        token,
+    }
+}
+
+/// A POST of `body` to `path` as any local process can send it: the page's action header
+/// and origin, no token. The answer's status line and body.
+async fn post_without_token(base: &str, path: &str, body: &Value) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the dashboard");
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nOrigin: {base}\r\nX-Crane-Dashboard: 1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the POST");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the answer");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
 
 /// Chromium under chromedriver, headless, in a window the size of a laptop's.
@@ -228,14 +283,55 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     env.create(broken).await;
     let before = env.wait_ready("crane", 2, LONG).await;
 
-    let (_dashboard, url) = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let launched = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let url = launched.base.clone();
     let (_driver, browser) = browser().await;
 
-    // --- the overview: counts, and the broken object's reason and hint ----------------
+    // --- only the one who launched it: the old constant header alone deletes nothing ----
+    let target = &before[0];
+    let (status, answer) = post_without_token(
+        &url,
+        &format!(
+            "/api/namespaces/{}/pods/{}/delete",
+            env.ns,
+            target.name_any()
+        ),
+        &json!({"uid": target.uid()}),
+    )
+    .await;
+    assert!(status.contains(" 403 "), "{status}: {answer}");
+    assert!(
+        answer.contains("?token="),
+        "the refusal says how to get in: {answer}"
+    );
+    let untouched = env
+        .pods()
+        .get(&target.name_any())
+        .await
+        .expect("the pod is there");
+    assert_eq!(untouched.uid(), target.uid());
+    assert!(
+        untouched.metadata.deletion_timestamp.is_none(),
+        "a POST without the token deleted {}",
+        target.name_any()
+    );
+    // A browser without the token is refused too, and told where the way in is.
     browser
         .goto(&format!("{url}/"))
         .await
-        .expect("open the overview");
+        .expect("open the overview without the token");
+    let refused = text(&browser, "body").await.expect("the refusal's text");
+    assert!(
+        refused.contains("open the URL that `crane-operator dashboard` printed"),
+        "{refused}"
+    );
+
+    // --- the overview: counts, and the broken object's reason and hint ----------------
+    // The printed URL lets the browser in; its cookie lets in everything after.
+    browser
+        .goto(&launched.printed)
+        .await
+        .expect("open the printed URL");
     wait_for(
         "the overview to show crane with 2 of 2 ready",
         LONG,
@@ -492,10 +588,12 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
     let token = env.kubectl(&["create", "token", viewer, "--duration", "1h"]);
     let kubeconfig = token_kubeconfig(&format!("{}-viewer", env.ns), token.trim());
     // As kubectl users run it: `kubectl crane dashboard`.
-    let (_viewer_dashboard, viewer_url) =
-        dashboard(&env.ns, &kubeconfig, Invocation::KubectlPlugin).await;
+    let viewer_dashboard = dashboard(&env.ns, &kubeconfig, Invocation::KubectlPlugin).await;
     browser
-        .goto(&format!("{viewer_url}/crs/{}/crane", env.ns))
+        .goto(&format!(
+            "{}/crs/{}/crane?{}",
+            viewer_dashboard.base, env.ns, viewer_dashboard.token
+        ))
         .await
         .expect("open crane as the viewer");
     wait_for("the viewer's page to show crane", LONG, || {
@@ -537,28 +635,62 @@ async fn the_dashboard_follows_the_cluster_and_acts_with_the_users_rights() {
 }
 
 #[tokio::test]
+async fn an_object_the_dashboard_cannot_decode_is_a_row_that_says_why() {
+    let env = TestEnv::without_operator("dashboard-poison").await;
+    env.create(crane("alive", 1)).await;
+    env.create(crane("poison", 1)).await;
+    crate::poison::poison(&env, "poison").await;
+    let launched = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let addr = launched.base.trim_start_matches("http://").to_string();
+    let overview = wait_for(
+        "the overview to list alive, and poison as unreadable",
+        SHORT,
+        || async {
+            let html = http_get(&addr, &format!("/?{}", launched.token)).await?;
+            if html.contains(r#"<tr data-name="alive""#)
+                && html.contains(r#"<tr class="unreadable" data-name="poison""#)
+            {
+                Ok(html)
+            } else {
+                Err(html)
+            }
+        },
+    )
+    .await;
+    assert!(!overview.contains("Cannot watch"), "{overview}");
+    assert!(
+        overview.contains("status.conditions[0].lastTransitionTime"),
+        "the row names the field that cannot be read: {overview}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_dashboard_stops_on_sigterm_with_a_page_open() {
     let env = TestEnv::without_operator("dashboard-stop").await;
-    let (mut dashboard, url) = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
+    let mut dashboard = dashboard(&env.ns, &kubeconfig_path(), Invocation::Binary).await;
     // A page's live connection: its event stream never ends by itself.
-    let addr = url.trim_start_matches("http://").to_string();
+    let addr = dashboard.base.trim_start_matches("http://").to_string();
     let mut page = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    page.write_all(format!("GET /live/overview HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("open the event stream");
+    let token = &dashboard.token;
+    page.write_all(
+        format!("GET /live/overview?{token} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("open the event stream");
     let mut first = [0u8; 64];
     let n = page.read(&mut first).await.expect("the stream answers");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    let pid = dashboard.0.id().to_string();
+    let pid = dashboard.process.0.id().to_string();
     run_tool("kill", &["-TERM", &pid], None).expect("send SIGTERM");
     let status = wait_for(
         "the dashboard to exit with the page still open",
         SHORT,
         || {
-            let exited = dashboard.0.try_wait().map_err(|e| e.to_string());
+            let exited = dashboard.process.0.try_wait().map_err(|e| e.to_string());
             async move { exited?.ok_or_else(|| "still running".to_string()) }
         },
     )

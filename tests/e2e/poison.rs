@@ -28,7 +28,7 @@ fn crd_admitting_any_condition_time() -> Value {
 /// Writes a condition dated [`BEYOND_JIFF`] into `name`'s status, through a CRD version
 /// that admits it. Other tests re-apply the real CRD as they start, so the two steps are
 /// repeated until the write lands.
-async fn poison(env: &TestEnv, name: &str) {
+pub(crate) async fn poison(env: &TestEnv, name: &str) {
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(env.client.clone());
     let ar = ApiResource::erase::<crane_operator::api::CraneReplicaSet>(&());

@@ -32,7 +32,15 @@ function follow() {
   const source = new EventSource(document.body.dataset.live);
   source.addEventListener("view", (e) => show(e.data));
   source.onopen = () => { status.textContent = "live"; };
-  source.onerror = () => { status.textContent = "reconnecting…"; };
+  source.onerror = () => {
+    // A refused stream (403: a dashboard started again has a new token) is not retried.
+    if (source.readyState === EventSource.CLOSED) {
+      status.textContent = "disconnected";
+      notice("This page is no longer let in (was the dashboard started again?): open the URL it printed.", true);
+    } else {
+      status.textContent = "reconnecting…";
+    }
+  };
 }
 
 // Resolves true when the user confirms `text`.
