@@ -38,7 +38,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::api::{CraneReplicaSet, UpdateStrategyType};
-use crate::controller::api_for;
+use crate::controller::{api_for, watch_config};
 use crate::decode::Decoded;
 use crate::service::OWNER_LABEL;
 use view::{Scope, Snapshot};
@@ -96,12 +96,10 @@ impl Cluster {
             synced: Mutex::new(Vec::new()),
         });
         // Only the objects the operator labels: the pods it created or adopted, its Services.
-        // Like the controller's watches: any resourceVersion for the lists, and no managed
-        // fields kept (a page never shows them; they are most of a pod's size).
-        let owned = watcher::Config::default()
-            .labels(OWNER_LABEL)
-            .any_semantic();
-        let all = watcher::Config::default().any_semantic();
+        // Like the controller's watches: the most recent state in every list, and no
+        // managed fields kept (a page never shows them; they are most of a pod's size).
+        let owned = watch_config().labels(OWNER_LABEL);
+        let all = watch_config();
         let ns = scope.namespace();
         let weak = || Arc::downgrade(&cluster);
         tokio::spawn(follow(
