@@ -123,7 +123,7 @@ fi
 log "building the suite's pod image (hack/image.sh crane-app)"
 "$root/hack/image.sh" crane-app
 
-if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+if grep -qx "$cluster" <<<"$(kind get clusters 2>/dev/null)"; then
   log "reusing kind cluster $cluster"
   kind get kubeconfig --name "$cluster" >"$KUBECONFIG"
 else
