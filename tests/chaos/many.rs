@@ -23,8 +23,8 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Passes of one broken object its own changes bring about besides the backoff's retries:
 /// the events of its up to 3 pods (created, scheduled, running, ready) and its status
-/// writes, with room to spare. A hot loop runs thousands in a minute.
-const TRIGGERED_PASSES: u64 = 25;
+/// writes (seen here: fewer than 2 per object). A hot loop runs hundreds a second.
+const TRIGGERED_PASSES: u64 = 15;
 
 /// How many times one object that fails every pass can fail in `elapsed` under the backoff
 /// alone: once at once, then once after each delay.
