@@ -143,7 +143,7 @@ async fn operator_sigkill_while_scaling() {
         tokio::time::sleep(delay).await;
         let how = stop_gracefully(operator).await;
         eprintln!(
-            "chaos[{name}]: SIGTERM {} ms after start (trial {trial}): {how}; log {}",
+            "chaos[{name}]: SIGTERM {} ms after its metrics port opened (trial {trial}): {how}; log {}",
             delay.as_millis(),
             log.display()
         );
