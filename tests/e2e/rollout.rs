@@ -168,15 +168,16 @@ async fn rolling_update_keeps_nine_of_ten_ready_and_ends_on_the_new_template() {
     )
     .await;
     watch.abort();
-    let s = seen_pods.lock().unwrap();
-    let (low, high) = (s.lowest_ready, s.highest_active);
+    let (low, high, errors) = {
+        let s = seen_pods.lock().unwrap();
+        (s.lowest_ready, s.highest_active, s.errors.clone())
+    };
     eprintln!(
         "rolling update of 10 with maxSurge 0, maxUnavailable 1: lowest ready count seen {low}, highest active count {high}"
     );
     assert!(
-        s.errors.is_empty(),
-        "the pod watch failed, so the counts prove nothing: {:?}",
-        s.errors
+        errors.is_empty(),
+        "the pod watch failed, so the counts prove nothing: {errors:?}"
     );
     assert!(
         low >= 9,
@@ -186,7 +187,6 @@ async fn rolling_update_keeps_nine_of_ten_ready_and_ends_on_the_new_template() {
         high <= 10,
         "more than 10 + maxSurge 0 pods were active during the rollout: {high}"
     );
-    drop(s);
     assert!(after.iter().all(|p| {
         p.annotations()
             .get("example.com/version")
