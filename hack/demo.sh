@@ -46,7 +46,9 @@ until_true() {
 # The app's image on the node: imported from the archive of make image (built first when
 # missing). Only on the local cluster; another cluster must be able to pull it itself.
 if [ -n "$local_cluster" ]; then
-  if ! ctr --address "$socket" --namespace k8s.io images ls -q 2>/dev/null | grep -qx "$app_image"; then
+  # Searched in a captured list: under pipefail `ctr ... | grep -q` is false whenever ctr
+  # dies of SIGPIPE after grep's match.
+  if ! grep -qx "$app_image" <<<"$(ctr --address "$socket" --namespace k8s.io images ls -q 2>/dev/null)"; then
     if [ ! -f target/image/crane-app.tar ]; then
       log "$app_image is not on crane-node-0 and target/image/crane-app.tar is missing: building the images with make image (the first build takes ~6-12 min on 2 cores)"
       hack/image.sh | sed -n 's/^\[image\] /[demo] make image: /p'

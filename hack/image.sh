@@ -32,7 +32,7 @@ wants() { [[ " ${images[*]} " == *" $1 "* ]]; }
 target=x86_64-unknown-linux-gnu
 release=${CARGO_TARGET_DIR:-target}/$target/release
 out=target/image
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+version=$(sed -n '/^version = "\(.*\)"$/{s//\1/p;q}' Cargo.toml)
 repository=$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' charts/crane-operator/values.yaml)
 app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/crane-operator/Chart.yaml)
 { [ -n "$version" ] && [ -n "$repository" ]; } || die "cannot read the version from Cargo.toml or image.repository from the chart"
@@ -51,7 +51,7 @@ for bin in "${images[@]}"; do
   kind=$(file -b "$release/$bin")
   [[ $kind == *"static-pie linked"* || $kind == *"statically linked"* ]] \
     || die "$release/$bin is not static: $kind"
-  if ldd "$release/$bin" >/dev/null 2>&1 && ! ldd "$release/$bin" 2>&1 | grep -q 'statically linked'; then
+  if ldd "$release/$bin" >/dev/null 2>&1 && ! grep -q 'statically linked' <<<"$(ldd "$release/$bin" 2>&1)"; then
     die "$release/$bin loads shared libraries: $(ldd "$release/$bin" 2>&1 | tr '\n' ' ')"
   fi
 done

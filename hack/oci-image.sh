@@ -70,7 +70,7 @@ if [[ $last == *:* ]]; then tag=${last##*:}; else tag=latest; name="$name:latest
 
 "$(dirname "${BASH_SOURCE[0]}")/debian-packages.sh" "hack/oci-image.sh" umoci:umoci jq:jq ||
   die "umoci and jq are needed (see above)"
-tar --version 2>/dev/null | grep -q 'GNU tar' || die "GNU tar is needed"
+grep -q 'GNU tar' <<<"$(tar --version 2>/dev/null)" || die "GNU tar is needed"
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git -C "$(dirname "${BASH_SOURCE[0]}")" log -1 --format=%ct 2>/dev/null || echo 0)

@@ -15,7 +15,7 @@ repository=ghcr.io/crane-dev/crane-operator
 chart=charts/crane-operator
 
 # field FILE KEY: a top-level `KEY: value` of a YAML file, quotes removed.
-field() { sed -n "s/^$2: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/\1/p" "$1" | head -n 1; }
+field() { sed -n "/^$2: *\"\{0,1\}\([^\"]*\)\"\{0,1\} *$/{s//\1/p;q}" "$1"; }
 
 [[ $tag =~ ^v([0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?)$ ]] ||
   { echo "release: tag $tag is not vMAJOR.MINOR.PATCH[-PRERELEASE]" >&2; exit 1; }
@@ -25,7 +25,7 @@ problems=()
 check() { [ "$2" = "$3" ] || problems+=("$1 is '$2', the tag $tag says '$3'"); }
 check "$chart/Chart.yaml version" "$(field "$chart/Chart.yaml" version)" "$version"
 check "$chart/Chart.yaml appVersion" "$(field "$chart/Chart.yaml" appVersion)" "$version"
-check "Cargo.toml version" "$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)" "$version"
+check "Cargo.toml version" "$(sed -n '/^version = "\(.*\)"$/{s//\1/p;q}' Cargo.toml)" "$version"
 check "$chart/values.yaml image.repository" \
   "$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' "$chart/values.yaml")" "$repository"
 grep -q "image: $repository:$version\$" "$chart/Chart.yaml" ||

@@ -162,8 +162,15 @@ mod tests {
     #[test]
     fn outstanding_expectations_time_out() {
         let e = Expectations::default();
+        // The record's clock starts between these two instants.
+        let before = Instant::now();
         e.expect("ns/a", "u", 1, NONE);
         let later = Instant::now() + EXPECTATIONS_TIMEOUT;
+        let just_before = before + EXPECTATIONS_TIMEOUT - Duration::from_millis(1);
+        assert!(
+            !e.satisfied_at("ns/a", "u", just_before),
+            "an unobserved creation blocks the object until the very end of its timeout"
+        );
         assert!(e.satisfied_at("ns/a", "u", later));
         e.forget("ns/a");
         assert!(e.satisfied("ns/a", "u"));

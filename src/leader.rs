@@ -254,9 +254,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Fails the test, rather than hanging it, when `what` does not happen within a lease
+    /// duration (of the paused clock, which moves on while every task waits).
+    async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(timings().lease_duration, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within {:?}", timings().lease_duration))
+    }
+
     /// Answers the next request, which must be `method`.
     async fn expect(handle: &mut Handle, method: Method, status: u16, body: serde_json::Value) {
-        let (req, send) = handle.next_request().await.expect("a request");
+        let (req, send) = within(&format!("a {method} request"), handle.next_request())
+            .await
+            .expect("a request");
         assert_eq!(req.method(), method, "{}", req.uri());
         send.send_response(reply(status, body));
     }
@@ -274,12 +284,19 @@ mod tests {
         expect(&mut handle, Method::GET, 404, not_found).await;
         let sent = Instant::now();
         expect(&mut handle, Method::POST, 201, lease("me")).await;
-        leading.wait_for(|l| *l).await.unwrap();
+        within("leading", leading.wait_for(|l| *l)).await.unwrap();
 
         // The next renewal reads the Lease, then its write never gets an answer.
         expect(&mut handle, Method::GET, 200, lease("me")).await;
-        let (_req, _never_answered) = handle.next_request().await.expect("the renewal");
-        leading.wait_for(|l| !*l).await.unwrap();
+        let (_req, _never_answered) = within("the renewal", handle.next_request())
+            .await
+            .expect("the renewal");
+        within(
+            "stepping down while the renewal hangs",
+            leading.wait_for(|l| !*l),
+        )
+        .await
+        .unwrap();
         let stepped_down = sent.elapsed();
         assert!(
             stepped_down <= timings().renew_deadline,
@@ -306,6 +323,8 @@ mod tests {
         }
         expect(&mut handle, Method::PUT, 200, lease("me")).await;
         let mut leading = leading;
-        leading.wait_for(|l| *l).await.unwrap();
+        within("taking the expired Lease", leading.wait_for(|l| *l))
+            .await
+            .unwrap();
     }
 }

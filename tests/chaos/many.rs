@@ -17,6 +17,26 @@ use crate::support::*;
 const COUNT: usize = 100;
 const BROKEN: usize = 10;
 const DEADLINE: Duration = Duration::from_secs(240);
+/// The operator's per-object backoff after a failed pass: 1 s, doubled each time, at most
+/// 60 s (src/controller/mod.rs, BACKOFF_FIRST and BACKOFF_MAX).
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Passes of one broken object its own changes bring about besides the backoff's retries:
+/// the events of its up to 3 pods (created, scheduled, running, ready) and its status
+/// writes (seen here: fewer than 2 per object). A hot loop runs hundreds a second.
+const TRIGGERED_PASSES: u64 = 15;
+
+/// How many times one object that fails every pass can fail in `elapsed` under the backoff
+/// alone: once at once, then once after each delay.
+fn failures_by_backoff(elapsed: Duration) -> u64 {
+    let (mut failures, mut at, mut delay) = (1, Duration::ZERO, BACKOFF_FIRST);
+    while at + delay <= elapsed {
+        at += delay;
+        failures += 1;
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+    failures
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -239,6 +259,16 @@ async fn hundred_crane_replica_sets_some_broken() {
         )
         .await;
 
+    // Never a hot loop: the broken ones failed no more often than their backoff (and their
+    // own pods' and status' changes) let them.
+    let failing_for = t0.elapsed();
+    let most = BROKEN as u64 * (failures_by_backoff(failing_for) + TRIGGERED_PASSES);
+    assert!(
+        errors as u64 <= most,
+        "chaos[{name}]: {errors} failed passes of the {BROKEN} broken CraneReplicaSets in {}, more than their backoff allows ({most}): a hot loop",
+        secs(failing_for)
+    );
+
     assert_watch_clean(&seen, name);
     let needed: u64 = plan.values().map(|(_, r)| r).sum();
     let created = seen.uids().len();
@@ -261,4 +291,19 @@ async fn hundred_crane_replica_sets_some_broken() {
     let operator = env.operator.take().expect("the operator");
     stop_gracefully(operator).await;
     env.cleanup().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_bound_counts_one_failure_per_delay() {
+        assert_eq!(failures_by_backoff(Duration::ZERO), 1);
+        // 1, 2, 4, 8, 16, 32 s: failures at 0, 1, 3, 7, 15, 31 and 63 s.
+        assert_eq!(failures_by_backoff(Duration::from_secs(62)), 6);
+        assert_eq!(failures_by_backoff(Duration::from_secs(63)), 7);
+        // Then one a minute.
+        assert_eq!(failures_by_backoff(Duration::from_secs(243)), 10);
+    }
 }

@@ -131,16 +131,19 @@ async fn operator_sigkill_while_scaling() {
     eprintln!("chaos[{name}]: SIGTERM after the rounds: {how}");
 
     // SIGTERM while the operator starts (syncing its caches, starting its controller): it
-    // must still exit 0 promptly, as it does once running.
+    // must still exit 0 promptly, as it does once running. From its metrics port on: a
+    // SIGTERM in the process's first milliseconds, before any handler can exist, would end
+    // any program by the signal's default action.
     for trial in 1..=STARTUP_SIGTERMS {
         let operator = Operator::start(&env.ns, &[]);
+        wait_for_metrics_port(&operator).await;
         let log = operator.log.clone();
         // The fault's timing is the point of this pause: not a wait for a state.
         let delay = rng.millis(0, 150);
         tokio::time::sleep(delay).await;
         let how = stop_gracefully(operator).await;
         eprintln!(
-            "chaos[{name}]: SIGTERM {} ms after start (trial {trial}): {how}; log {}",
+            "chaos[{name}]: SIGTERM {} ms after its metrics port opened (trial {trial}): {how}; log {}",
             delay.as_millis(),
             log.display()
         );

@@ -192,12 +192,9 @@ pub fn assert_running(operator: &mut Operator, when: &str) {
     }
 }
 
-/// SIGTERM, then waits up to `timeout` for the operator to exit. Ok says how it ended: exit
-/// 0, or killed by the signal itself when it came before the operator had installed its
-/// handler (the first milliseconds of the process). Err: still running (it is then
-/// SIGKILLed), or another exit.
+/// SIGTERM, then waits up to `timeout` for the operator to exit. Ok: exit 0, in how long.
+/// Err: still running (it is then SIGKILLed), or any other end (see [`sigterm_outcome`]).
 pub async fn sigterm_and_wait(mut operator: Operator, timeout: Duration) -> Result<String, String> {
-    use std::os::unix::process::ExitStatusExt;
     let status = Command::new("kill")
         .args(["-TERM", &operator.pid().to_string()])
         .status()
@@ -217,16 +214,34 @@ pub async fn sigterm_and_wait(mut operator: Operator, timeout: Duration) -> Resu
         }
         tokio::time::sleep(POLL).await;
     };
-    match (exit.code(), exit.signal()) {
-        (Some(0), _) => Ok(format!("exit 0 in {}", secs(t0.elapsed()))),
-        (_, Some(15)) => {
-            Ok("killed by the SIGTERM itself (before its handler was installed)".into())
-        }
-        _ => Err(format!(
-            "ended with {exit} after SIGTERM; log {}",
-            operator.log.display()
-        )),
+    sigterm_outcome(exit, t0.elapsed())
+        .map_err(|why| format!("{why}; log {}", operator.log.display()))
+}
+
+/// How a SIGTERMed process ended: Ok only for exit 0. Killed by the signal itself means no
+/// handler ran (a binary without one ends so), which is never a clean exit.
+pub fn sigterm_outcome(exit: std::process::ExitStatus, took: Duration) -> Result<String, String> {
+    match exit.code() {
+        Some(0) => Ok(format!("exit 0 in {}", secs(took))),
+        _ => Err(format!("ended with {exit} after SIGTERM, not exit 0")),
     }
+}
+
+/// Waits until the operator serves its metrics port: its SIGTERM handler is set up before
+/// it binds the port, so a SIGTERM from then on must end it with exit 0.
+pub async fn wait_for_metrics_port(operator: &Operator) {
+    wait_every(
+        "the operator to listen on its metrics port",
+        Duration::from_millis(10),
+        SHORT,
+        || async {
+            tokio::net::TcpStream::connect(&operator.metrics_addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
 }
 
 /// SIGTERM, then the operator must exit 0 within 30 s (as a pod's grace period).
@@ -237,13 +252,20 @@ pub async fn stop_gracefully(mut operator: Operator) -> String {
         .unwrap_or_else(|why| panic!("SIGTERM must end the operator with exit 0: {why}"))
 }
 
-/// A counter of the operator's /metrics (0 when absent).
+/// A counter of the operator's /metrics.
 pub async fn counter(operator: &Operator, series: &str) -> f64 {
     let text = operator
         .metrics()
         .await
         .unwrap_or_else(|e| panic!("scrape {}: {e}", operator.metrics_addr));
-    metric_value(&text, series).unwrap_or(0.0)
+    required_value(&text, series)
+}
+
+/// The value of `series` in a /metrics text; fails when it is absent: a renamed metric read
+/// as 0 would, in the accounting, cancel an overshoot.
+pub fn required_value(text: &str, series: &str) -> f64 {
+    metric_value(text, series)
+        .unwrap_or_else(|| panic!("the operator's /metrics has no series {series}"))
 }
 
 /// Whether the cluster under test is this checkout's local control plane (the one
@@ -527,4 +549,49 @@ pub async fn all_crs(env: &TestEnv) -> Result<Vec<CraneReplicaSet>, String> {
         .await
         .map_err(|e| e.to_string())?
         .items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_process_killed_by_the_sigterm_itself_did_not_exit_cleanly() {
+        // A process without a SIGTERM handler: the signal's default action ends it.
+        let mut child = Command::new("sleep").arg("30").spawn().expect("run sleep");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let exit = child.wait().expect("wait for sleep");
+        assert_eq!(exit.signal(), Some(15));
+        let outcome = sigterm_outcome(exit, Duration::ZERO);
+        assert!(outcome.is_err(), "{outcome:?}");
+        let exit_0 = std::process::ExitStatus::from_raw(0);
+        assert!(sigterm_outcome(exit_0, Duration::ZERO).is_ok());
+        let exit_1 = std::process::ExitStatus::from_raw(1 << 8);
+        assert!(sigterm_outcome(exit_1, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "has no series crane_operator_pods_created_total")]
+    fn a_missing_counter_is_an_error_not_zero() {
+        let text = "# TYPE crane_operator_pods_made counter\ncrane_operator_pods_made_total 3\n";
+        required_value(text, "crane_operator_pods_created_total");
+    }
+
+    #[test]
+    fn a_present_counter_is_read() {
+        let text = "crane_operator_pods_deleted_total 0\ncrane_operator_pods_created_total 7\n";
+        assert_eq!(
+            required_value(text, "crane_operator_pods_created_total"),
+            7.0
+        );
+        assert_eq!(
+            required_value(text, "crane_operator_pods_deleted_total"),
+            0.0
+        );
+    }
 }

@@ -12,7 +12,7 @@ first() { head -n "$1" "$2" | tr '\n' ' ' | sed 's/  */ /g'; }
 
 released() { helm status "$release" --namespace "$ns" >/dev/null 2>&1; }
 
-namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
+namespace_gone() { absent namespace "$ns"; }
 
 # fresh_namespace: $ns empty and new, a leftover release or namespace of an earlier run
 # removed first.

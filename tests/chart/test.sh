@@ -118,8 +118,11 @@ servicemonitor_rendered() {
     --api-versions monitoring.coreos.com/v1/ServiceMonitor --show-only templates/servicemonitor.yaml >"$work/sm" 2>&1 ||
     { why=$(first 3 "$work/sm"); return 1; }
   grep -q '^kind: ServiceMonitor' "$work/sm" || { why="no ServiceMonitor rendered"; return 1; }
-  # And none without the monitoring API (helm template's default capabilities).
-  if helm template "$release" "$chart" --namespace "$ns" --set serviceMonitor.enabled=true | grep -q '^kind: ServiceMonitor'; then
+  # And none without the monitoring API (helm template's default capabilities). Rendered to
+  # a file, then searched: under pipefail `helm template | grep -q` is false when grep stops
+  # at its match and helm dies of SIGPIPE, which would read as "not rendered".
+  render --set serviceMonitor.enabled=true || return 1
+  if grep -q '^kind: ServiceMonitor' "$work/render.yaml"; then
     why="a ServiceMonitor is rendered although the cluster does not serve monitoring.coreos.com/v1"
     return 1
   fi
@@ -136,7 +139,8 @@ prometheusrule_rendered() {
   have=$(grep -c -- '- alert:' "$work/pr")
   [ "$want" = "$have" ] || { why="$have alerts rendered, files/alerts.yaml has $want"; return 1; }
   note="$have alerts"
-  if helm template "$release" "$chart" --namespace "$ns" --set prometheusRule.enabled=true | grep -q '^kind: PrometheusRule'; then
+  render --set prometheusRule.enabled=true || return 1
+  if grep -q '^kind: PrometheusRule' "$work/render.yaml"; then
     why="a PrometheusRule is rendered although the cluster does not serve monitoring.coreos.com/v1"
     return 1
   fi
@@ -151,7 +155,8 @@ dashboard_rendered() {
   python3 -c 'import json, sys; assert json.load(open(sys.argv[1])) == json.load(open(sys.argv[2]))' \
     "$work/dash.json" "$chart/files/dashboard.json" 2>"$work/err" ||
     { why="the ConfigMap does not hold files/dashboard.json: $(tail -n 1 "$work/err")"; return 1; }
-  if helm template "$release" "$chart" --namespace "$ns" | grep -q 'grafana_dashboard'; then
+  render || return 1
+  if grep -q 'grafana_dashboard' "$work/render.yaml"; then
     why="a dashboard ConfigMap is rendered with dashboards.enabled=false"
     return 1
   fi

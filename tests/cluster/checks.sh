@@ -36,6 +36,18 @@ summary() {
   fi
 }
 
+# absent ARGS...: `k get ARGS -o name` finds nothing (NotFound, or an empty list). Any other
+# error is false: an API server that does not answer proves nothing gone. The caller
+# defines k (kubectl).
+absent() {
+  local out
+  if out=$(k get "$@" -o name 2>&1); then
+    [ -z "$out" ]
+  else
+    [[ $out == *"(NotFound)"* ]]
+  fi
+}
+
 # poll [SECONDS] COMMAND...: retry COMMAND until it succeeds or SECONDS (default: $timeout,
 # else 60) have passed.
 poll() {

@@ -53,7 +53,9 @@ ours() {
     pid=${pid%/cmdline}
     { IFS= read -r -d '' argv0 <"$f"; } 2>/dev/null || continue # gone, or a zombie
     case ${argv0##*/} in etcd | kube-apiserver | kube-controller-manager | kube-scheduler | kwok-controller) ;; *) continue ;; esac
-    { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qF "$cluster_dir/" && echo "$pid"
+    # Captured, then searched: under pipefail `tr | grep -q` is false when tr dies of
+    # SIGPIPE after grep's match, and a process of ours would be left running.
+    grep -qF "$cluster_dir/" <<<"$({ tr '\0' '\n' <"$f"; } 2>/dev/null)" && echo "$pid"
   done
   return 0
 }

@@ -29,7 +29,7 @@ ignore=${LEFTOVERS_IGNORE:-}
 # ignored PID: does the process's command line match LEFTOVERS_IGNORE?
 ignored() {
   [ -n "$ignore" ] || return 1
-  { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null | grep -Eq -- "$ignore"
+  grep -Eq -- "$ignore" <<<"$({ tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null)"
 }
 
 state() {

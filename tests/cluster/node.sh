@@ -92,7 +92,7 @@ alive() {
 network() {
   [ "$(id -u)" = 0 ] || die "the real node needs root (network namespace, mounts, cgroups)"
   # One real node per machine: these names and addresses are fixed (node.env).
-  if [ ! -e "$dir/host-dirs" ] && { ip netns list | grep -q "^$NODE_NETNS\b" || ip link show "$NODE_HOST_IF" >/dev/null 2>&1; }; then
+  if [ ! -e "$dir/host-dirs" ] && { grep -q "^$NODE_NETNS\b" <<<"$(ip netns list)" || ip link show "$NODE_HOST_IF" >/dev/null 2>&1; }; then
     die "another checkout's real node uses network namespace $NODE_NETNS / $NODE_HOST_IF on this machine: stop that cluster first ('make cluster-down' in its checkout)"
   fi
   mkdir -p "$dir"
@@ -105,7 +105,7 @@ network() {
     done >"$dir/host-dirs"
   fi
   local fresh=0
-  if ! ip netns list | grep -qx "$NODE_NETNS\( .*\)\?"; then
+  if ! grep -qx "$NODE_NETNS\( .*\)\?" <<<"$(ip netns list)"; then
     ip netns add "$NODE_NETNS"
     fresh=1
   fi
@@ -533,7 +533,7 @@ down() {
   stop_all
   unmount_all
   remove_cgroups
-  if ip netns list | grep -q "^$NODE_NETNS\b"; then ip netns del "$NODE_NETNS"; fi
+  if grep -q "^$NODE_NETNS\b" <<<"$(ip netns list)"; then ip netns del "$NODE_NETNS"; fi
   # The host side of the pair goes with its peer, and its routes with it.
   if ip link show "$NODE_HOST_IF" >/dev/null 2>&1; then ip link del "$NODE_HOST_IF"; fi
   restore_sysctls

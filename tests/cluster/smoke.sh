@@ -106,7 +106,7 @@ quota_counts_pods() {
     { why="status.used.pods is '$(quota_field '{.status.used.pods}')', expected 3"; return 1; }
 }
 
-no_smoke_pods() { [ -z "$(k -n "$ns" get pods -l app=smoke -o name 2>/dev/null)" ]; }
+no_smoke_pods() { absent -n "$ns" pods -l app=smoke; }
 garbage_collected() {
   k -n "$ns" delete rs smoke --wait=false >/dev/null || { why="cannot delete the ReplicaSet"; return 1; }
   poll no_smoke_pods ||
@@ -221,7 +221,7 @@ hello_logs() {
   [[ $out == "hello: listening on 8080"* ]] || { why="kubectl logs: '$out'"; return 1; }
 }
 
-namespace_gone() { ! k get namespace "$ns" >/dev/null 2>&1; }
+namespace_gone() { absent namespace "$ns"; }
 namespace_deleted() {
   k delete namespace "$ns" --wait=false >/dev/null || { why="cannot delete namespace $ns"; return 1; }
   poll 120 namespace_gone ||

@@ -737,6 +737,52 @@ impl Drop for PodsEverSeen {
     }
 }
 
+impl TestEnv {
+    /// Touches the CraneReplicaSet `name` (an annotation: any change of it brings it to a
+    /// pass) and waits until this test's operator has run that pass and is idle: a pass
+    /// started since the touch was queued, none running, none waiting. Returns the object
+    /// as the touch left it.
+    pub async fn touch_and_wait_for_its_pass(&self, name: &str) -> CraneReplicaSet {
+        let operator = self
+            .operator
+            .as_ref()
+            .expect("the test counts the passes of the operator it starts");
+        let sample = |text: &str, series: &str| {
+            metric_value(text, series).ok_or_else(|| format!("no {series} in /metrics"))
+        };
+        const STARTED: &str = "crane_operator_workqueue_queue_duration_seconds_count";
+        const DONE: &str = "crane_operator_reconcile_total{result=\"success\"}";
+        let text = operator.metrics().await.expect("scrape the operator");
+        let (started, done) = (
+            sample(&text, STARTED).unwrap_or_else(|e| panic!("{e}")),
+            sample(&text, DONE).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let touch = json!({"metadata": {"annotations": {"example.com/touched": jiff::Timestamp::now().to_string()}}});
+        let touched = self
+            .crs()
+            .patch(name, &PatchParams::default(), &Patch::Merge(touch))
+            .await
+            .unwrap_or_else(|e| panic!("touch {name}: {e}"));
+        wait_for("the operator to run the touch's pass", SHORT, || async {
+            let text = operator.metrics().await?;
+            let now = (
+                sample(&text, STARTED)?,
+                sample(&text, DONE)?,
+                sample(&text, "crane_operator_workqueue_depth")?,
+                sample(&text, "crane_operator_active_workers")?,
+            );
+            (now.0 > started && now.1 > done && now.2 == 0.0 && now.3 == 0.0)
+                .then_some(())
+                .ok_or(format!(
+                    "passes started {}, done {}, waiting {}, running {} ({started} started and {done} done before the touch)",
+                    now.0, now.1, now.2, now.3
+                ))
+        })
+        .await;
+        touched
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers for the RBAC tests (rbac.rs): the operator run with another identity.
 

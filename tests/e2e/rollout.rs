@@ -91,42 +91,61 @@ async fn rolling_update_keeps_nine_of_ten_ready_and_ends_on_the_new_template() {
     let before = env.wait_ready("crane", 10, LONG).await;
     let old_hash = before[0].labels()[HASH].clone();
 
-    // Count ready pods of ours as the watch sees them, for the whole rollout.
-    let ready: Arc<Mutex<BTreeMap<String, bool>>> = Arc::default();
-    let lowest = Arc::new(Mutex::new(usize::MAX));
+    // Ready and active (not terminating, not finished) pods of ours as the watch sees them,
+    // the lowest ready and highest active counts, and the watch's errors (after one, it
+    // relists, and what happened in the gap went unseen), for the whole rollout.
+    #[derive(Default)]
+    struct Seen {
+        pods: BTreeMap<String, (bool, bool)>,
+        lowest_ready: usize,
+        highest_active: usize,
+        errors: Vec<String>,
+    }
+    let seen_pods: Arc<Mutex<Seen>> = Arc::default();
     let watch = {
-        let (ready, lowest) = (ready.clone(), lowest.clone());
+        let seen_pods = seen_pods.clone();
         let events = watcher(env.pods(), watcher::Config::default()).default_backoff();
         tokio::spawn(events.for_each(move |event| {
-            let mut map = ready.lock().unwrap();
+            let mut s = seen_pods.lock().unwrap();
             match event {
                 Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    let counted = pod.metadata.deletion_timestamp.is_none()
+                    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                    let active = pod.metadata.deletion_timestamp.is_none()
                         && controlled_by(&pod, "crane")
-                        && is_ready(&pod);
-                    map.insert(pod.name_any(), counted);
+                        && !matches!(phase, Some("Succeeded" | "Failed"));
+                    s.pods
+                        .insert(pod.name_any(), (active, active && is_ready(&pod)));
                 }
                 Ok(watcher::Event::Delete(pod)) => {
-                    map.remove(&pod.name_any());
+                    s.pods.remove(&pod.name_any());
                 }
-                _ => {}
+                Ok(_) => {}
+                Err(e) => s.errors.push(e.to_string()),
             }
-            let now = map.values().filter(|r| **r).count();
-            if now > 0 {
-                let mut low = lowest.lock().unwrap();
-                *low = (*low).min(now);
-            }
+            let active = s.pods.values().filter(|(a, _)| *a).count();
+            let ready = s.pods.values().filter(|(_, r)| *r).count();
+            s.lowest_ready = s.lowest_ready.min(ready);
+            s.highest_active = s.highest_active.max(active);
             futures::future::ready(())
         }))
     };
     wait_for("the watch to see all 10 ready pods", SHORT, || async {
-        let n = ready.lock().unwrap().values().filter(|r| **r).count();
+        let n = seen_pods
+            .lock()
+            .unwrap()
+            .pods
+            .values()
+            .filter(|(_, r)| *r)
+            .count();
         (n == 10).then_some(()).ok_or(format!("{n} ready"))
     })
     .await;
 
-    // From here on, before the template changes, the lowest count is what the rollout left.
-    *lowest.lock().unwrap() = 10;
+    // From here on, before the template changes, the counts are what the rollout left.
+    {
+        let mut s = seen_pods.lock().unwrap();
+        (s.lowest_ready, s.highest_active) = (10, 10);
+    }
     change_template(&env, "2").await;
     let after = wait_for(
         "all 10 pods on the new template and the status saying so",
@@ -149,11 +168,24 @@ async fn rolling_update_keeps_nine_of_ten_ready_and_ends_on_the_new_template() {
     )
     .await;
     watch.abort();
-    let low = *lowest.lock().unwrap();
-    eprintln!("rolling update of 10 with maxUnavailable 1: lowest ready count seen {low}");
+    let (low, high, errors) = {
+        let s = seen_pods.lock().unwrap();
+        (s.lowest_ready, s.highest_active, s.errors.clone())
+    };
+    eprintln!(
+        "rolling update of 10 with maxSurge 0, maxUnavailable 1: lowest ready count seen {low}, highest active count {high}"
+    );
+    assert!(
+        errors.is_empty(),
+        "the pod watch failed, so the counts prove nothing: {errors:?}"
+    );
     assert!(
         low >= 9,
         "fewer than 9 pods were ready during the rollout: {low}"
+    );
+    assert!(
+        high <= 10,
+        "more than 10 + maxSurge 0 pods were active during the rollout: {high}"
     );
     assert!(after.iter().all(|p| {
         p.annotations()

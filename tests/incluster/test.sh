@@ -50,7 +50,7 @@ timeout=${CRANE_INCLUSTER_TIMEOUT:-120}
 socket=$root/.cluster/node/containerd/containerd.sock
 # The images of make image (hack/image.sh names them the same way).
 repository=$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' "$chart/values.yaml")
-tag=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
+tag=$(sed -n '/^version = "\(.*\)"$/{s//\1/p;q}' "$root/Cargo.toml")
 upgrade_tag=$tag-upgrade
 app_image=localhost/crane-app:dev
 work=$(mktemp -d)
@@ -193,7 +193,8 @@ both_ready() {
 # KUBECONFIG) and the ServiceAccount's token as its only credentials.
 restricted_in_cluster() {
   local pod id pid uid env sa
-  pod=$(operator_pods | head -n 1)
+  pod=$(operator_pods)
+  pod=${pod%%$'\n'*}
   [ "$(k get namespace "$ns" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}')" = restricted ] ||
     { why="namespace $ns does not enforce restricted"; return 1; }
   sa=$(kn get pod "$pod" -o jsonpath='{.spec.serviceAccountName} {.spec.containers[0].securityContext.readOnlyRootFilesystem} {.spec.containers[0].securityContext.capabilities.drop}')
@@ -216,7 +217,7 @@ restricted_in_cluster() {
 one_leader() {
   local h pod m leaders=0 values=()
   h=$(holder)
-  operator_pods | grep -qx "$h" || { why="Lease holder '$h' is none of: $(operator_pods | paste -sd' ')"; return 1; }
+  grep -qx "$h" <<<"$(operator_pods)" || { why="Lease holder '$h' is none of: $(operator_pods | paste -sd' ')"; return 1; }
   for pod in $(operator_pods); do
     m=$(leader_metric "$pod")
     values+=("$pod=$m")
@@ -340,13 +341,16 @@ victims=()
 # delete_app_pod: deletes one of the CraneReplicaSet's pods; says whether helm still runs.
 delete_app_pod() {
   local pod
-  pod=$(app_pods | head -n 1)
+  pod=$(app_pods)
+  pod=${pod%%$'\n'*}
   [ -n "$pod" ] || return 0
   kn delete pod "$pod" --wait=false >/dev/null
   victims+=("$pod")
   if kill -0 "$upgrading" 2>/dev/null; then during+=(yes); else during+=(no); fi
 }
-new_operator_pod() { active "$operator_selector" '{.spec.containers[0].image}' | grep -q ":$upgrade_tag\$"; }
+# Lists are captured, then searched, here and below: under pipefail `list | grep -q` is false
+# when the list's writer dies of SIGPIPE after grep's match.
+new_operator_pod() { grep -q ":$upgrade_tag\$" <<<"$(active "$operator_selector" '{.spec.containers[0].image}')"; }
 upgrade() {
   local before_holder before_transitions h
   before_holder=$(holder)
@@ -380,14 +384,14 @@ upgrade() {
 new_pod_leads() {
   local h
   h=$(holder)
-  [ -n "$h" ] && operator_pods | grep -qx "$h"
+  [ -n "$h" ] && grep -qx "$h" <<<"$(operator_pods)"
 }
 
 upgraded() {
   local pods
   pods=$(active "$operator_selector" '{.spec.containers[0].image} {.spec.containers[0].args}')
   [ "$(grep -c . <<<"$pods")" -eq 2 ] || { why="operator pods: $pods"; return 1; }
-  ! grep -v "^$repository:$upgrade_tag .*\"--concurrency=3\"" <<<"$pods" | grep -q . ||
+  [ -z "$(grep -v "^$repository:$upgrade_tag .*\"--concurrency=3\"" <<<"$pods")" ] ||
     { why="pods not on the new image and args: $(tr '\n' ';' <<<"$pods")"; return 1; }
   # The old standby may have led for a moment during the rollout and released the Lease
   # as it stopped; a new pod takes it within a retry period (2 s) of that.
@@ -427,7 +431,7 @@ rollout_restart() {
   note=$(tail -n 1 "$work/out")
 }
 
-no_app_pods() { [ -z "$(kn get pods -l crane.dev/replicaset=crane -o name 2>/dev/null)" ] && ! kn get service crane-http >/dev/null 2>&1; }
+no_app_pods() { absent -n "$ns" pods -l crane.dev/replicaset=crane && absent -n "$ns" service crane-http; }
 crs_deleted() {
   kn delete crs crane --wait=false >/dev/null || { why="cannot delete the CraneReplicaSet"; return 1; }
   poll "$timeout" no_app_pods || { why="left: $(kn get pods,services -o name | tr '\n' ' ')"; return 1; }

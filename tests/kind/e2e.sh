@@ -12,8 +12,12 @@
 #   3. loads both images into the nodes (kind load docker-image / image-archive: no test
 #      pod pulls from a registry);
 #   4. installs the chart with hack/deploy.sh (make deploy), runs `helm test`;
-#   5. runs `CRANE_E2E_EXTERNAL_OPERATOR=1 cargo test --test e2e` with the tests listed in
-#      NOT_HERE below left out by name, each for a stated reason, and CARGO_TEST_ARGS.
+#   5. runs `CRANE_E2E_EXTERNAL_OPERATOR=1 cargo test --test e2e` against the in-cluster
+#      operator, without the tests listed in OWN_OPERATOR and NOT_ON_KIND below;
+#   6. scales the in-cluster operator to 0 and runs the OWN_OPERATOR tests, which start
+#      operator processes of their own (as on the local cluster), against the same cluster.
+#   The NOT_ON_KIND tests are left out by name, each with what kind lacks for it.
+#   CARGO_TEST_ARGS go to both runs.
 # A cluster this script created is deleted on exit unless KEEP_CLUSTER=1.
 #
 # Environment (all optional):
@@ -39,24 +43,31 @@ namespace=${RELEASE_NAMESPACE:-crane-system}
 release=crane-operator
 app_archive=$root/target/image/crane-app.tar
 
-# The tests that cannot pass against an in-cluster operator on kind, by full name, each
-# with why; the local cluster (make e2e, make test) runs every one of them. The list is
-# checked against the suite's (`cargo test -- --list`): a renamed test fails the job
-# rather than run here by surprise.
-NOT_HERE='
-operations::metrics_and_health_endpoints                         scrapes /metrics of the operator process the test starts; here the operator runs in the cluster
+# The tests that start, scrape or signal operator processes of their own: the in-cluster
+# operator (all namespaces) would compete with them, so they run in a second pass with it
+# scaled to 0, on the same kind cluster, by full name, each with why.
+OWN_OPERATOR='
+operations::metrics_and_health_endpoints                         scrapes /metrics of the operator process the test starts
 failures::a_permanently_failing_crane_replica_set_backs_off_and_delays_no_one  reads the reconcile-error counter of the operator process the test starts
-operations::leader_election_hands_over_without_extra_pods       starts operator processes of its own, which the in-cluster operator (all namespaces) would compete with
-operations::the_operator_takes_a_context_a_boolean_env_and_an_ipv6_metrics_address  starts an operator process of its own, which the in-cluster operator would compete with
+operations::leader_election_hands_over_without_extra_pods       starts two operator processes that elect a leader
+operations::the_operator_takes_a_context_a_boolean_env_and_an_ipv6_metrics_address  starts an operator process with these flags
 operations::sigterm_exits_cleanly                                signals an operator process it starts
 operations::sigterm_releases_the_leader_lease                    signals an operator process it starts
-rbac::namespaced_role_suffices_and_is_minimal                    runs an operator process of its own with the chart RBAC token, which the in-cluster operator would compete with
-rbac::cluster_role_suffices_and_is_minimal                       runs an operator process of its own with the chart RBAC token, which the in-cluster operator would compete with
-diagnostics::image_pull_backoff_is_reported_with_a_hint_and_clears_when_fixed  needs kwok simulated pod states (label crane.dev/simulate, tests/cluster/kwok.yaml)
-diagnostics::crash_loop_backoff_is_reported_with_a_hint_and_clears_when_fixed  needs kwok simulated pod states (crane.dev/simulate=CrashLoopBackOff)
-failures::failed_pods_are_replaced_and_not_counted               needs kwok simulated pod states (crane.dev/simulate=Failed turns a running pod Failed)
-kstatus::kubectl_wait_for_ready_returns_when_available_and_times_out_when_stalled  needs kwok simulated pod states (crane.dev/simulate=ImagePullBackOff for the stalled object)
-dashboard::the_dashboard_follows_the_cluster_and_acts_with_the_users_rights  needs kwok simulated pod states (its broken object is crane.dev/simulate=ImagePullBackOff), and Debian chromium and chromium-driver on this machine
+rbac::namespaced_role_suffices_and_is_minimal                    runs an operator process with the namespaced RBAC token of the chart
+rbac::cluster_role_suffices_and_is_minimal                       runs an operator process with the cluster RBAC token of the chart
+'
+
+# The tests kind cannot run, by full name, each with what kind lacks: they put pods in
+# failing states through kwok's stages (label crane.dev/simulate, tests/cluster/kwok.yaml),
+# which kind's real kubelets do not have. The local cluster (make e2e, make test) runs
+# every one of them. Both lists are checked against the suite's (`cargo test -- --list`):
+# a renamed test fails the job rather than run here by surprise, or not at all.
+NOT_ON_KIND='
+diagnostics::image_pull_backoff_is_reported_with_a_hint_and_clears_when_fixed  kind lacks kwok stages: crane.dev/simulate=ImagePullBackOff holds the pods in that state until the label is removed
+diagnostics::crash_loop_backoff_is_reported_with_a_hint_and_clears_when_fixed  kind lacks kwok stages: crane.dev/simulate=CrashLoopBackOff holds the pods in that state until the label is removed
+failures::failed_pods_are_replaced_and_not_counted               kind lacks kwok stages: crane.dev/simulate=Failed turns a running pod Failed, which a real kubelet does to a restartPolicy Always pod only on eviction
+kstatus::kubectl_wait_for_ready_returns_when_available_and_times_out_when_stalled  kind lacks kwok stages: crane.dev/simulate=ImagePullBackOff makes the stalled object
+dashboard::the_dashboard_follows_the_cluster_and_acts_with_the_users_rights  kind lacks kwok stages: its broken object is crane.dev/simulate=ImagePullBackOff (and it needs Debian chromium and chromium-driver on the machine)
 '
 
 log() { printf '[kind-e2e] %s\n' "$*" >&2; }
@@ -102,14 +113,24 @@ trap cleanup EXIT
 cd "$root"
 cargo test --locked --test e2e --no-run
 cargo test --locked --test e2e -- --list --format terse 2>/dev/null | sed -n 's/: test$//p' >"$work/tests"
-skips=()
+skips=() own=()
 while read -r name reason; do
   [ -n "$name" ] || continue
-  grep -qx "$name" "$work/tests" || die "NOT_HERE names $name, which the suite does not have (renamed? update the list in $0)"
+  grep -qx "$name" "$work/tests" || die "OWN_OPERATOR names $name, which the suite does not have (renamed? update the list in $0)"
   skips+=(--skip "$name")
-  log "not run here: $name: $reason"
-done <<<"$NOT_HERE"
-log "$(($(wc -l <"$work/tests") - ${#skips[@]} / 2)) of $(wc -l <"$work/tests") e2e tests run here"
+  own+=("$name")
+  log "run with the in-cluster operator scaled to 0: $name: $reason"
+done <<<"$OWN_OPERATOR"
+not_on_kind=0
+while read -r name reason; do
+  [ -n "$name" ] || continue
+  grep -qx "$name" "$work/tests" || die "NOT_ON_KIND names $name, which the suite does not have (renamed? update the list in $0)"
+  skips+=(--skip "$name")
+  not_on_kind=$((not_on_kind + 1))
+  log "not run on kind: $name: $reason"
+done <<<"$NOT_ON_KIND"
+total=$(wc -l <"$work/tests")
+log "$((total - not_on_kind)) of $total e2e tests run here: $((total - not_on_kind - ${#own[@]})) with the in-cluster operator, then ${#own[@]} with operators of their own"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building image $image"
@@ -123,7 +144,7 @@ fi
 log "building the suite's pod image (hack/image.sh crane-app)"
 "$root/hack/image.sh" crane-app
 
-if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+if grep -qx "$cluster" <<<"$(kind get clusters 2>/dev/null)"; then
   log "reusing kind cluster $cluster"
   kind get kubeconfig --name "$cluster" >"$KUBECONFIG"
 else
@@ -155,4 +176,14 @@ helm test "$release" --namespace "$namespace" --logs --timeout 3m
 
 log "running the e2e suite against the in-cluster operator"
 CRANE_E2E_EXTERNAL_OPERATOR=1 cargo test --locked --test e2e -- "${skips[@]}" "$@"
+
+# The tests with operators of their own: the in-cluster one stopped first (its pods gone),
+# started again afterwards for a cluster that is kept or reused.
+operator_pods=app.kubernetes.io/name=crane-operator,app.kubernetes.io/instance=$release
+replicas=$(kubectl -n "$namespace" get deployment -l "$operator_pods" -o jsonpath='{.items[0].spec.replicas}')
+log "scaling the in-cluster operator to 0 (from $replicas) for the tests that start operators of their own"
+kubectl -n "$namespace" scale deployment -l "$operator_pods" --replicas=0
+kubectl -n "$namespace" wait --for=delete pod -l "$operator_pods" --timeout=120s
+cargo test --locked --test e2e -- --exact "${own[@]}" "$@"
+kubectl -n "$namespace" scale deployment -l "$operator_pods" --replicas="$replicas"
 log "passed"
