@@ -55,6 +55,7 @@ operations::sigterm_exits_cleanly                                signals an oper
 operations::sigterm_releases_the_leader_lease                    signals an operator process it starts
 rbac::namespaced_role_suffices_and_is_minimal                    runs an operator process with the namespaced RBAC token of the chart
 rbac::cluster_role_suffices_and_is_minimal                       runs an operator process with the cluster RBAC token of the chart
+poison::an_object_the_operator_cannot_decode_stops_no_other      starts an operator process with an undecodable object present and reads its /readyz
 '
 
 # The tests kind cannot run, by full name, each with what kind lacks: they put pods in
