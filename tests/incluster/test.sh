@@ -391,7 +391,7 @@ upgraded() {
   local pods
   pods=$(active "$operator_selector" '{.spec.containers[0].image} {.spec.containers[0].args}')
   [ "$(grep -c . <<<"$pods")" -eq 2 ] || { why="operator pods: $pods"; return 1; }
-  [ -z "$(grep -v "^$repository:$upgrade_tag .*\"--concurrency=3\"" <<<"$pods")" ] ||
+  ! grep -qv "^$repository:$upgrade_tag .*\"--concurrency=3\"" <<<"$pods" ||
     { why="pods not on the new image and args: $(tr '\n' ';' <<<"$pods")"; return 1; }
   # The old standby may have led for a moment during the rollout and released the Lease
   # as it stopped; a new pod takes it within a retry period (2 s) of that.
