@@ -21,7 +21,7 @@ use kube::Resource;
 use crate::api::{CraneReplicaSet, CraneReplicaSetSpec};
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -42,6 +42,10 @@ pub struct Undecodable {
     pub field: String,
     /// Why, as serde says it.
     pub error: String,
+    /// The object without the fields that do not decode (each removed in turn), when what
+    /// remains decodes: a pod whose one condition carries a date past year 9999 is still a
+    /// Running pod on its node.
+    pub pruned: Option<Value>,
 }
 
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
@@ -54,8 +58,71 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
                 meta: lenient_meta(&value),
                 field: e.path().to_string(),
                 error: e.inner().to_string(),
+                pruned: pruned::<K>(value, steps(e.path())),
             }))),
         }
+    }
+}
+
+/// A step of the path to a field.
+enum Step {
+    Index(usize),
+    Key(String),
+}
+
+/// The steps of a serde path, or none if a step cannot be followed in JSON.
+fn steps(path: &serde_path_to_error::Path) -> Option<Vec<Step>> {
+    path.iter()
+        .map(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many fields may be removed from one object before it is given up on.
+const PRUNE_STEPS: usize = 16;
+
+/// `value` with the field at `first` removed, then each next field that fails, until it
+/// decodes as K (a missing required field fails at its parent, which goes next).
+fn pruned<K: DeserializeOwned>(mut value: Value, first: Option<Vec<Step>>) -> Option<Value> {
+    let mut path = first?;
+    for _ in 0..PRUNE_STEPS {
+        if !remove_at(&mut value, &path) {
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, K>(&value) {
+            Ok(_) => return Some(value),
+            Err(e) => path = steps(e.path())?,
+        }
+    }
+    None
+}
+
+/// Removes the field (or list item) at `path`; false when there is none.
+fn remove_at(value: &mut Value, path: &[Step]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for step in parents {
+        let next = match step {
+            Step::Index(i) => node.get_mut(*i),
+            Step::Key(k) => node.get_mut(k.as_str()),
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Step::Index(i), Value::Array(items)) if *i < items.len() => {
+            items.remove(*i);
+            true
+        }
+        (Step::Key(k), Value::Object(fields)) => fields.remove(k).is_some(),
+        _ => false,
     }
 }
 
@@ -85,6 +152,29 @@ fn lenient_meta(value: &Value) -> ObjectMeta {
         meta.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
     }
     meta
+}
+
+/// Sends the object it holds; one that did not decode is never sent back.
+impl<K: Serialize> Serialize for Decoded<K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Decoded::Ok(k) => k.serialize(serializer),
+            Decoded::Undecodable(bad) => Err(serde::ser::Error::custom(format!(
+                "an object that did not decode ({}) is not sent",
+                bad.field
+            ))),
+        }
+    }
+}
+
+impl<K: StandIn> Decoded<K> {
+    /// The object as the operator can use it: decoded, or its [`StandIn`].
+    pub fn readable(self) -> Option<K> {
+        match self {
+            Decoded::Ok(k) => Some(k),
+            Decoded::Undecodable(bad) => K::stand_in(&bad),
+        }
+    }
 }
 
 impl<K: Resource> Resource for Decoded<K> {
@@ -123,17 +213,29 @@ impl<K: Resource> Resource for Decoded<K> {
 /// What a watch does with an object it cannot decode.
 pub trait StandIn: Resource + Sized {
     /// The object as the cache should hold it while its body cannot be read: `Some` keeps
-    /// it, by its metadata alone (a pod must still be counted, or its owner would make
-    /// another), `None` leaves it out (a CraneReplicaSet's pass cannot act without its spec).
-    fn stand_in(meta: ObjectMeta) -> Option<Self>;
+    /// it (a pod must still be counted, or its owner would make another), as much of it as
+    /// decodes, `None` leaves it out (a CraneReplicaSet's pass must not act on a spec with
+    /// a field missing).
+    fn stand_in(bad: &Undecodable) -> Option<Self>;
 
     /// An object that only names `meta`'s object, to remove it from a cache.
     fn tombstone(meta: ObjectMeta) -> Self;
 }
 
+/// What decodes of `bad`, else its metadata alone.
+fn readable_part<K: DeserializeOwned>(
+    bad: &Undecodable,
+    meta_only: impl FnOnce(ObjectMeta) -> K,
+) -> K {
+    bad.pruned
+        .as_ref()
+        .and_then(|v| K::deserialize(v).ok())
+        .unwrap_or_else(|| meta_only(bad.meta.clone()))
+}
+
 impl StandIn for Pod {
-    fn stand_in(meta: ObjectMeta) -> Option<Self> {
-        Some(Self::tombstone(meta))
+    fn stand_in(bad: &Undecodable) -> Option<Self> {
+        Some(readable_part(bad, Self::tombstone))
     }
     fn tombstone(metadata: ObjectMeta) -> Self {
         Pod {
@@ -144,10 +246,10 @@ impl StandIn for Pod {
 }
 
 impl StandIn for Service {
-    /// Kept by its metadata: its owner's pass then sees a Service there (without a spec,
-    /// so it applies its own) rather than none.
-    fn stand_in(meta: ObjectMeta) -> Option<Self> {
-        Some(Self::tombstone(meta))
+    /// Kept, as much of it as decodes: its owner's pass then sees a Service there rather
+    /// than none.
+    fn stand_in(bad: &Undecodable) -> Option<Self> {
+        Some(readable_part(bad, Self::tombstone))
     }
     fn tombstone(metadata: ObjectMeta) -> Self {
         Service {
@@ -158,7 +260,7 @@ impl StandIn for Service {
 }
 
 impl StandIn for CraneReplicaSet {
-    fn stand_in(_: ObjectMeta) -> Option<Self> {
+    fn stand_in(_: &Undecodable) -> Option<Self> {
         None
     }
     fn tombstone(metadata: ObjectMeta) -> Self {
@@ -180,11 +282,21 @@ impl StandIn for CraneReplicaSet {
 /// The objects a watch could not decode, for the metric, `/healthz` and `/readyz`.
 #[derive(Default)]
 pub struct Skipped {
-    /// `resource namespace/name` → (uid, the field and error last reported).
-    objects: Mutex<HashMap<String, (Option<String>, String)>>,
+    /// `resource namespace/name` → what is known of it.
+    objects: Mutex<HashMap<String, SkippedObject>>,
     /// Per resource being relisted: the objects skipped again in this list. Those not in
     /// it when the list ends were deleted or fixed while the watch was down.
     relisting: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// One object skipped, and whether its owner was told.
+#[derive(Clone, PartialEq)]
+struct SkippedObject {
+    uid: Option<String>,
+    /// The field and the error, as reported.
+    what: String,
+    /// Its Warning event was queued (it is reported again until it is).
+    reported: bool,
 }
 
 /// One line per skipped object: `cranereplicasets default/poison: spec.x: why`.
@@ -203,8 +315,49 @@ impl Skipped {
             seen.insert(key.clone());
         }
         let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = (bad.meta.uid.clone(), what);
-        objects.insert(key, entry.clone()) != Some(entry)
+        let same = |o: &SkippedObject| o.uid == bad.meta.uid && o.what == what;
+        match objects.get(&key) {
+            Some(known) if same(known) => !known.reported,
+            _ => {
+                let uid = bad.meta.uid.clone();
+                objects.insert(
+                    key,
+                    SkippedObject {
+                        uid,
+                        what,
+                        reported: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The owner of `bad` was told (its event is queued).
+    pub fn reported(&self, resource: &str, bad: &Undecodable) {
+        let key = format!("{resource} {}", object_name(&bad.meta));
+        if let Some(known) = self
+            .objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&key)
+        {
+            known.reported = true;
+        }
+    }
+
+    /// Whether the named object is skipped now.
+    pub fn holds(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        let meta = ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            ..ObjectMeta::default()
+        };
+        let key = format!("{resource} {}", object_name(&meta));
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&key)
     }
 
     /// The object decodes again, or is gone; true when it had been skipped.
@@ -247,7 +400,7 @@ impl Skipped {
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         let mut lines: Vec<_> = objects
             .iter()
-            .map(|(key, (_, what))| format!("{key}: {what}"))
+            .map(|(key, o)| format!("{key}: {}", o.what))
             .collect();
         lines.sort();
         lines
@@ -269,8 +422,9 @@ fn object_name(meta: &ObjectMeta) -> String {
 }
 
 /// Told about each object a watch had to leave out or stand in for (once per object and
-/// reason), to count it and say so where its owner looks (a Warning event).
-pub type OnUndecodable = Arc<dyn Fn(&'static str, &Undecodable) + Send + Sync>;
+/// reason), to count it and say so where its owner looks (a Warning event); returns whether
+/// that was said (it is tried again with the object's next event otherwise).
+pub type OnUndecodable = Arc<dyn Fn(&'static str, &Undecodable) -> bool + Send + Sync>;
 
 /// The watch of `Decoded<K>` as a watch of `K`: every object that decodes passes as it is;
 /// one that does not is logged and handed to `report` (once per object and reason), and is
@@ -305,13 +459,29 @@ where
                         error = %bad.error,
                         "cannot decode the object; skipping it until it is fixed"
                     );
-                    report(resource, &bad);
+                    if report(resource, &bad) {
+                        skipped.reported(resource, &bad);
+                    }
                 }
-                K::stand_in(bad.meta.clone()).ok_or(bad)
+                K::stand_in(&bad).ok_or(bad)
             }
         }
     };
     stream.filter_map(move |event| {
+        // Without a name it can be neither kept nor removed by name: left alone.
+        let nameless =
+            |d: &Decoded<K>| matches!(d, Decoded::Undecodable(bad) if bad.meta.name.is_none());
+        if let Ok(
+            watcher::Event::Apply(d) | watcher::Event::InitApply(d) | watcher::Event::Delete(d),
+        ) = &event
+            && nameless(d)
+        {
+            warn!(
+                resource,
+                "an object without a name that cannot be decoded; ignored"
+            );
+            return futures::future::ready(None);
+        }
         let event = event.map(|event| match event {
             watcher::Event::Init => {
                 skipped_here.relist_started(resource);
@@ -445,7 +615,8 @@ mod tests {
                     "{resource} {}: {}",
                     bad.meta.name.as_deref().unwrap_or_default(),
                     bad.field
-                ))
+                ));
+                true
             })
         };
         let decode = |v: Value| serde_json::from_value::<Decoded<K>>(v).unwrap();
@@ -564,10 +735,11 @@ mod tests {
     }
 
     #[test]
-    fn an_undecodable_pod_stays_counted_by_its_metadata() {
+    fn an_undecodable_pod_is_kept_with_all_that_decodes() {
         let skipped = Arc::new(Skipped::default());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": "p", "namespace": "default", "uid": "uid-p", "labels": {"app": "crane"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True",
                 "lastTransitionTime": "9999-12-31T23:59:59Z"}]}});
         let (out, reports) = sifted::<Pod>(
@@ -584,6 +756,38 @@ mod tests {
             unreachable!()
         };
         assert_eq!(p.metadata.labels.as_ref().unwrap()["app"], "crane");
-        assert!(p.status.is_none());
+        // Still a Ready pod, Running on its node: only the date is gone.
+        let facts = crate::pods::PodFacts::from_pod(p);
+        assert!(facts.is_active() && facts.is_ready(), "{facts:?}");
+        assert_eq!(facts.node_name.as_deref(), Some("node-1"));
+        let condition = &p.status.as_ref().unwrap().conditions.as_ref().unwrap()[0];
+        assert_eq!(condition.last_transition_time, None);
+    }
+
+    #[test]
+    fn a_pod_with_nothing_readable_but_its_metadata_stands_in_by_its_metadata() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "p", "namespace": "default", "uid": "uid-p"},
+            "spec": "not an object"});
+        let Decoded::Undecodable(bad) = serde_json::from_value::<Decoded<Pod>>(pod).unwrap() else {
+            panic!("decoded");
+        };
+        let p = Pod::stand_in(&bad).expect("a pod is always kept");
+        assert_eq!(p.metadata.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn a_warning_that_could_not_be_queued_is_tried_again() {
+        let skipped = Skipped::default();
+        let Decoded::Undecodable(bad) =
+            serde_json::from_value::<Decoded<CraneReplicaSet>>(poison("poison")).unwrap()
+        else {
+            panic!("decoded");
+        };
+        assert!(skipped.skip("res", &bad), "news");
+        assert!(skipped.skip("res", &bad), "not reported yet: said again");
+        skipped.reported("res", &bad);
+        assert!(!skipped.skip("res", &bad), "reported: not said again");
+        assert!(skipped.holds("res", Some("default"), "poison"));
     }
 }

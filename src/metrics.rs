@@ -754,6 +754,7 @@ mod tests {
             },
             field: "spec.template.metadata.creationTimestamp".into(),
             error: "out of range".into(),
+            pruned: None,
         };
         health.skipped.skip("cranereplicasets", &bad);
         health.set_ready();

@@ -121,6 +121,9 @@ pub struct Context {
     announced: PerObject<Option<String>>,
     /// When this process last wrote each CraneReplicaSet's status (see [`STATUS_BATCH`]).
     status_written: PerObject<std::time::Instant>,
+    /// When a status write deferred by the batch is due (see [`STATUS_BATCH`]): a failed
+    /// pass is retried by then at the latest, whatever its backoff.
+    deferred: PerObject<std::time::Instant>,
 }
 
 /// State kept per CraneReplicaSet: keyed by `namespace/name`, and valid only for the UID it
@@ -206,17 +209,21 @@ fn error_message(err: &kube::Error) -> String {
 /// so a create keeps its expectation until the watch shows the pod or the expectation
 /// times out. kube-controller-manager keeps it only for a timeout and deletes the surplus
 /// later; we promise no surplus, so every answer that does not say "not stored" counts:
-/// the API server's timeouts, a 5xx that is not the API server's own `Status` (a proxy or
-/// load balancer in between), a connection that broke after the request may have gone
-/// out, an answer that came but could not be read. A `Status` the API server sent (a
-/// refusal, its throttling) and a connection never made say nothing was stored.
+/// the API server's timeouts and internal errors (an etcd request that timed out may
+/// still commit), a 5xx that is not the API server's own `Status` (a proxy or load
+/// balancer in between), a connection that broke after the request may have gone out, an
+/// answer that could not be read. A refusal (4xx), a 503 (the API server could not take
+/// the request), an admission webhook that could not be called, and a connection never
+/// made say that nothing was stored.
 fn may_have_been_stored(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
-            let from_api_server = status.reason != NOT_A_STATUS;
+            let refused_before_storage = status.code == 503
+                || (status.reason != NOT_A_STATUS
+                    && status.message.contains("failed calling webhook"));
             status.code == 504
                 || matches!(status.reason.as_str(), "Timeout" | "ServerTimeout")
-                || (status.code >= 500 && !from_api_server)
+                || (status.code >= 500 && !refused_before_storage)
         }
         kube::Error::Service(e) => !never_sent(e.as_ref()),
         kube::Error::HyperError(_)
@@ -255,14 +262,15 @@ fn api_status(err: &kube::Error) -> Option<u16> {
 /// orphaned Service) only if the CraneReplicaSet is still this one and is not being
 /// deleted, read fresh from the API server (the ReplicaSet controller's `canAdopt`).
 async fn may_adopt(crs: &CraneReplicaSet, ctx: &Context) -> Result<(), Error> {
-    let crs_api: Api<CraneReplicaSet> =
+    let crs_api: Api<Decoded<CraneReplicaSet>> =
         Api::namespaced(ctx.client.clone(), &crs.namespace().unwrap_or_default());
     let fresh = crs_api
         .get_opt(&crs.name_any())
         .await
         .map_err(kube_err("re-check before adopting", key_of(crs)))?;
+    // Read by its metadata: whether the body decodes does not change whose it is.
     let current =
-        fresh.is_some_and(|f| f.uid() == crs.uid() && f.metadata.deletion_timestamp.is_none());
+        fresh.is_some_and(|f| f.uid() == crs.uid() && f.meta().deletion_timestamp.is_none());
     if current {
         Ok(())
     } else {
@@ -282,6 +290,25 @@ impl Context {
         self.failures.remove(key);
         self.announced.remove(key);
         self.status_written.remove(key);
+        self.deferred.remove(key);
+    }
+
+    /// A pass found its object no longer in the cache: what is kept for it is dropped if
+    /// it is gone. Left out because it cannot be decoded is not gone: what is kept for it
+    /// (its expectations above all) must be there when it is fixed, or its next pass could
+    /// create its pods again.
+    fn not_in_cache(
+        &self,
+        skipped: &crate::decode::Skipped,
+        obj: &ObjectRef<kube::api::DynamicObject>,
+    ) {
+        if skipped.holds("cranereplicasets", obj.namespace.as_deref(), &obj.name) {
+            debug!(object = %obj, "not in the cache: it cannot be decoded");
+        } else {
+            debug!(object = %obj, "gone");
+            let ns = obj.namespace.as_deref().unwrap_or_default();
+            self.forget(ns, &obj.name);
+        }
     }
 
     /// Publishes an event on the CraneReplicaSet, in the background: a reconcile pass never
@@ -314,11 +341,20 @@ fn send_event(
     metrics: &Metrics,
     event: Event,
     regarding: ObjectReference,
-) {
-    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
-        events.try_send((event, regarding))
-    {
+) -> bool {
+    // The last tenth of the queue is kept for Warnings: a burst of news must not crowd out
+    // a failure.
+    if event.type_ == EventType::Normal && events.capacity() < recorder::QUEUE / 10 {
         metrics.events_dropped.inc();
+        return false;
+    }
+    match events.try_send((event, regarding)) {
+        Ok(()) => true,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            metrics.events_dropped.inc();
+            false
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -365,7 +401,7 @@ fn undecodable_reporter(
             action: "Decode".into(),
             secondary: None,
         };
-        send_event(&events, &metrics, event, regarding);
+        send_event(&events, &metrics, event, regarding)
     })
 }
 
@@ -585,6 +621,7 @@ pub async fn run(
         failures,
         announced: PerObject::default(),
         status_written: PerObject::default(),
+        deferred: PerObject::default(),
     });
     let state = ctx.clone();
     controller
@@ -611,9 +648,7 @@ pub async fn run(
                 Ok((obj, _)) => debug!(object = %obj, "reconciled"),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                    debug!(object = %obj, "gone");
-                    let ns = obj.namespace.as_deref().unwrap_or_default();
-                    state.forget(ns, &obj.name);
+                    state.not_in_cache(&health.skipped, &obj);
                 }
                 // The CraneReplicaSet watch failed (it retries); its health saw it on the way.
                 Err(kube::runtime::controller::Error::QueueError(e)) => {
@@ -677,6 +712,7 @@ pub(crate) mod fixtures {
             failures: Arc::default(),
             announced: PerObject::default(),
             status_written: PerObject::default(),
+            deferred: PerObject::default(),
         };
         (ctx, handle)
     }

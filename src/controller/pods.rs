@@ -39,7 +39,7 @@ fn namespace_terminating(err: &kube::Error) -> bool {
 pub(super) async fn claim_pods(
     crs: &CraneReplicaSet,
     ctx: &Context,
-    api: &Api<Pod>,
+    api: &Api<Decoded<Pod>>,
     plan: &Plan,
     pods: &[PodFacts],
     desired: &Desired<'_>,
@@ -90,7 +90,7 @@ pub(super) async fn claim_pods(
 /// A strategic-merge patch of one pod. A pod that is gone or was replaced (its UID in the
 /// patch no longer matches) is skipped: the next pass sees the new state.
 pub(super) async fn patch_pod(
-    api: &Api<Pod>,
+    api: &Api<Decoded<Pod>>,
     pod: &PodFacts,
     patch: serde_json::Value,
     action: &'static str,
@@ -112,12 +112,12 @@ pub(super) async fn patch_pod(
 pub(super) async fn create_pods(
     crs: &CraneReplicaSet,
     ctx: &Context,
-    api: &Api<Pod>,
+    api: &Api<Decoded<Pod>>,
     n: usize,
 ) -> Option<Failure> {
     let key = key_of(crs);
     let uid = crs.uid().unwrap_or_default();
-    let pod = new_pod(crs);
+    let pod = Decoded::Ok(new_pod(crs));
     let params = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
@@ -163,9 +163,12 @@ pub(super) async fn create_pods(
         for result in results {
             match result {
                 Ok(_) => {}
-                // A server-side timeout may still have created the pod: the watch will say,
-                // and until then (or the expectations' timeout) no pass makes it again.
-                Err(e) if may_have_been_stored(&e) => {}
+                // A create whose outcome is unknown may have made the pod: its expectation
+                // stays until the watch shows it (or the expectations' timeout), so no pass
+                // makes it again; and, as any failure, it stops the slow start.
+                Err(e) if may_have_been_stored(&e) => {
+                    first_error.get_or_insert(e);
+                }
                 Err(e) => {
                     ctx.expectations.creation_observed(&key, &uid);
                     first_error.get_or_insert(e);
@@ -194,7 +197,7 @@ pub(super) async fn create_pods(
 pub(super) async fn delete_pods(
     crs: &CraneReplicaSet,
     ctx: &Context,
-    api: &Api<Pod>,
+    api: &Api<Decoded<Pod>>,
     victims: &[PodFacts],
 ) -> Option<Failure> {
     let key = key_of(crs);
@@ -265,14 +268,23 @@ mod tests {
         Broken(&'static str),
     }
 
-    /// Creates 2 pods against a scripted API that answers the first POST with `first` and
-    /// the second with 201; returns whether the expectations were met afterwards (the
-    /// watch having delivered the one created pod), and how many POSTs came.
-    async fn create_two(first: First) -> (bool, usize) {
+    /// What became of a pass's creation of 2 pods whose first POST got `first`.
+    #[derive(Debug)]
+    struct Created {
+        posts: usize,
+        /// The expectations were met right after the pass.
+        met: bool,
+        /// ... and once the watch showed the pod the first POST may have made.
+        met_once_seen: bool,
+    }
+
+    /// Creates 2 pods (slow start: a batch of 1, then of 1) against a scripted API that
+    /// answers the first POST with `first` and any other with 201.
+    async fn create_two(first: First) -> Created {
         let (ctx, mut api) = scripted_context();
         let crs = crane(2);
         ctx.expectations.expect("default/crane", "crs-uid", 2, NONE);
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), "default");
+        let pods: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), "default");
         let server = tokio::spawn(async move {
             let mut posts = 0;
             let mut first = Some(first);
@@ -292,14 +304,45 @@ mod tests {
             posts
         });
         let failure = create_pods(&crs, &ctx, &pods, 2).await;
-        let observed = watcher::Event::Apply(ours("crane-b"));
+        let met = ctx.expectations.satisfied("default/crane", "crs-uid");
+        let observed = watcher::Event::Apply(ours("crane-a"));
         let crs_cache = reflector::store::<CraneReplicaSet>().0;
         super::super::on_pod_event(&observed, &ctx.pods, &crs_cache, &ctx.expectations);
-        let met = ctx.expectations.satisfied("default/crane", "crs-uid");
+        let met_once_seen = ctx.expectations.satisfied("default/crane", "crs-uid");
         drop(ctx);
         drop(pods);
         drop(failure);
-        (met, server.await.unwrap())
+        Created {
+            posts: server.await.unwrap(),
+            met,
+            met_once_seen,
+        }
+    }
+
+    /// An outcome that may have made the pod: the slow start stops (as at any failure),
+    /// the pod is not created again, and the object waits until the watch shows it.
+    fn assert_outcome_unknown(created: Created, what: &str) {
+        assert_eq!(
+            created.posts, 1,
+            "{what}: {created:?}: the POST was sent again, or the slow start went on"
+        );
+        assert!(
+            !created.met,
+            "{what}: the pod may exist: no pass may create it again until it is seen or the expectation times out"
+        );
+        assert!(created.met_once_seen, "{what}: {created:?}");
+    }
+
+    /// Refused: nothing was made, nothing is outstanding.
+    fn assert_refused(created: Created, what: &str) {
+        assert_eq!(
+            created.posts, 1,
+            "{what}: the first failing batch stops the creations"
+        );
+        assert!(
+            created.met,
+            "{what}: nothing is outstanding: the next pass may create it"
+        );
     }
 
     /// `failure` with the `Retry-After` header that makes a client retry what it may.
@@ -313,19 +356,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_504_create_is_sent_once_and_keeps_its_expectation() {
-        let (met, posts) = create_two(retry_after(failure(504, "Timeout"))).await;
-        assert_eq!(
-            posts, 2,
-            "one POST per pod: the timed-out one is not sent again"
-        );
-        assert!(
-            !met,
-            "the timed-out pod may exist: no pass may create it again until it is seen"
-        );
+        let created = create_two(retry_after(failure(504, "Timeout"))).await;
+        assert_outcome_unknown(created, "a 504 with Retry-After");
     }
 
     #[tokio::test]
     async fn a_create_whose_answer_was_lost_keeps_its_expectation() {
+        let etcd_timeout = answer(
+            500,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+                "message": "etcdserver: request timed out"}),
+        );
         for (first, what) in [
             (
                 First::Broken("connection reset after the request went out"),
@@ -335,31 +376,31 @@ mod tests {
                 First::Answer(answer(502, json!("<html>Bad Gateway</html>"))),
                 "a proxy's 502 (no Status from the API server)",
             ),
+            (
+                First::Answer(etcd_timeout),
+                "an etcd request that timed out (it may still commit)",
+            ),
         ] {
-            let (met, posts) = create_two(first).await;
-            assert_eq!(posts, 2, "{what}: the POST is not sent again");
-            assert!(
-                !met,
-                "{what}: the pod may exist; no pass may create it again until it is seen or the expectation times out"
-            );
+            assert_outcome_unknown(create_two(first).await, what);
         }
     }
 
     #[tokio::test]
-    async fn a_create_the_api_server_refused_with_a_5xx_status_is_not_expected() {
-        // Its own Status says it stored nothing (e.g. an admission webhook that failed).
-        let (met, posts) = create_two(First::Answer(failure(500, "InternalError"))).await;
-        assert_eq!(posts, 1, "the first failing batch stops the creations");
-        assert!(met, "nothing is outstanding: the next pass may create it");
-    }
-
-    #[tokio::test]
-    async fn a_refused_create_is_not_expected_any_more() {
-        let (met, posts) = create_two(First::Answer(failure(422, "Invalid"))).await;
-        assert_eq!(posts, 1, "the first failing batch stops the creations");
-        assert!(
-            met,
-            "a refused pod will never be seen: nothing is outstanding"
+    async fn a_create_refused_before_it_could_be_stored_is_not_expected() {
+        let webhook = answer(
+            500,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+                "reason": "InternalError", "message": "Internal error occurred: failed calling webhook \"pods.example.com\": connection refused"}),
         );
+        for (first, what) in [
+            (First::Answer(failure(422, "Invalid")), "a 422"),
+            (First::Answer(failure(503, "ServiceUnavailable")), "a 503"),
+            (
+                First::Answer(webhook),
+                "an admission webhook that could not be called",
+            ),
+        ] {
+            assert_refused(create_two(first).await, what);
+        }
     }
 }

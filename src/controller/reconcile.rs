@@ -75,7 +75,7 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
     let plan = planner::plan(&desired, &pods, settled);
-    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_api: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), &ns);
 
     if !deleting {
         claim_pods(crs, ctx, &pod_api, &plan, &pods, &desired).await?;
@@ -231,6 +231,10 @@ impl StatusPass<'_> {
                 status_deferred(ctx, key, &uid, base.status.as_ref(), &new_status)
             })
             .flatten();
+        let uid = crs.uid().unwrap_or_default();
+        if let Some(wait) = deferred {
+            ctx.deferred.update(key, &uid, |_| Instant::now() + wait);
+        }
         if base.status.as_ref() == Some(&new_status) || deferred.is_some() {
             return Ok(Settled {
                 status: base.status.clone(),
@@ -240,7 +244,9 @@ impl StatusPass<'_> {
                 deferred,
             });
         }
-        let api: Api<CraneReplicaSet> = Api::namespaced(ctx.client.clone(), self.ns);
+        // The answer is not used: one that does not decode (a field written by someone else
+        // meanwhile) must not fail the write that was done.
+        let api: Api<Decoded<CraneReplicaSet>> = Api::namespaced(ctx.client.clone(), self.ns);
         // Only what changed, as a JSON merge patch: server-side apply would make the API
         // server merge the whole object against the CRD's schema (pod template included)
         // on every status write, the operator's most frequent write.
@@ -255,8 +261,8 @@ impl StatusPass<'_> {
         api.patch_status(&crs.name_any(), &params, &Patch::Merge(patch))
             .await
             .map_err(kube_err("update status of", key.to_string()))?;
-        ctx.status_written
-            .update(key, &crs.uid().unwrap_or_default(), |_| Instant::now());
+        ctx.status_written.update(key, &uid, |_| Instant::now());
+        ctx.deferred.remove(key);
         Ok(Settled {
             status: Some(new_status),
             service,
@@ -377,16 +383,33 @@ pub fn error_policy(crs: Arc<CraneReplicaSet>, err: &Error, ctx: Arc<Context>) -
             reason: err.reason(),
         })
         .inc();
-    let n = ctx
-        .failures
-        .update(&key_of(crs.as_ref()), &crs.uid().unwrap_or_default(), |n| {
-            n.unwrap_or(0).saturating_add(1)
-        });
-    let delay = BACKOFF_FIRST
-        .saturating_mul(1 << (n - 1).min(16))
-        .min(BACKOFF_MAX);
+    let delay = retry_delay(&crs, &ctx);
     warn!(object = %key_of(crs.as_ref()), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// How long a failed pass waits to be retried: its backoff, or less when a deferred status
+/// write is due sooner.
+fn retry_delay(crs: &CraneReplicaSet, ctx: &Context) -> Duration {
+    let n = ctx
+        .failures
+        .update(&key_of(crs), &crs.uid().unwrap_or_default(), |n| {
+            n.unwrap_or(0).saturating_add(1)
+        });
+    let mut delay = BACKOFF_FIRST
+        .saturating_mul(1 << (n - 1).min(16))
+        .min(BACKOFF_MAX);
+    // A pass that failed before it could write a deferred status is retried when that
+    // write is due, not after its whole backoff (up to a minute): once per deferral, so a
+    // pass that keeps failing before its status backs off as usual.
+    let key = key_of(crs);
+    if let Some(due) = ctx.deferred.get(&key, &crs.uid().unwrap_or_default()) {
+        ctx.deferred.remove(&key);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            delay = delay.min(wait + Duration::from_millis(100));
+        }
+    }
+    delay
 }
 
 #[cfg(test)]
@@ -954,5 +977,78 @@ pub(super) mod tests {
             None,
             "another object of the same name does not"
         );
+    }
+
+    /// An object left out of the cache because it cannot be decoded is not gone: its
+    /// expectations stay for when it is fixed (else its next pass could create its pods
+    /// again); an object really gone loses them.
+    #[tokio::test]
+    async fn an_undecodable_object_keeps_its_expectations_a_gone_one_does_not() {
+        let (ctx, _api) = scripted_context();
+        let skipped = crate::decode::Skipped::default();
+        let bad: crate::decode::Undecodable = crate::decode::Undecodable {
+            meta: crane(1).metadata,
+            field: "status.conditions[0].lastTransitionTime".into(),
+            error: "out of range".into(),
+            pruned: None,
+        };
+        skipped.skip("cranereplicasets", &bad);
+        ctx.expectations.expect("default/crane", "crs-uid", 3, NONE);
+        let obj = ObjectRef::<kube::api::DynamicObject>::new_with(
+            "crane",
+            kube::api::ApiResource::erase::<CraneReplicaSet>(&()),
+        )
+        .within("default");
+        ctx.not_in_cache(&skipped, &obj);
+        assert!(
+            !ctx.expectations.satisfied("default/crane", "crs-uid"),
+            "its 3 creations are still expected"
+        );
+        ctx.not_in_cache(&crate::decode::Skipped::default(), &obj);
+        assert!(
+            ctx.expectations.satisfied("default/crane", "crs-uid"),
+            "gone: nothing is expected of it"
+        );
+    }
+
+    /// A pass that fails before it writes a deferred status is retried when that write is
+    /// due, once, not after its backoff.
+    #[tokio::test]
+    async fn a_pass_failing_before_its_deferred_status_is_retried_when_the_write_is_due() {
+        let (ctx, _api) = scripted_context();
+        let crs = crane(1);
+        for _ in 0..5 {
+            retry_delay(&crs, &ctx);
+        }
+        ctx.deferred.update("default/crane", "crs-uid", |_| {
+            Instant::now() + Duration::from_millis(500)
+        });
+        let early = retry_delay(&crs, &ctx);
+        assert!(
+            early <= Duration::from_millis(600),
+            "{early:?}: the deferred write waits for the backoff"
+        );
+        let late = retry_delay(&crs, &ctx);
+        assert!(
+            late >= Duration::from_secs(30),
+            "{late:?}: once per deferral, then the backoff as usual"
+        );
+    }
+
+    /// Writes are answered with the object as it is now, which may not decode (a field
+    /// someone else wrote): the write was done, so the pass must not report it failed.
+    #[tokio::test]
+    async fn a_write_answered_with_an_object_that_does_not_decode_is_done() {
+        let (ctx, api) = scripted_context();
+        let mut undecodable = serde_json::to_value(running("crane-a", true)).unwrap();
+        undecodable["status"]["conditions"][0]["lastTransitionTime"] =
+            "9999-12-31T23:59:59Z".into();
+        let _seen = serve(api, move |_, _, _| Some(answer(200, undecodable.clone())));
+        let crs = crane(0);
+        let pods: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), "default");
+        let victim = crate::pods::PodFacts::from_pod(&running("crane-a", true));
+        let failure = crate::controller::pods::delete_pods(&crs, &ctx, &pods, &[victim]).await;
+        assert_eq!(failure, None, "the delete was done");
+        assert_eq!(ctx.metrics.pods_deleted.get(), 1);
     }
 }

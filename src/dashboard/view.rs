@@ -752,6 +752,7 @@ mod tests {
             meta,
             field: field.into(),
             error: "converting datetime to timestamp overflowed".into(),
+            pruned: None,
         })))
     }
 
