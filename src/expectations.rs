@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 /// How long unobserved expectations block scaling, as in kube-controller-manager.
 pub const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
+/// How long a creation whose outcome is unknown (its answer was lost) is waited for:
+/// kube-apiserver ends every request within its request timeout (`--request-timeout`,
+/// 60 s by default), so after that the pod was stored or never will be, and a healthy pod
+/// watch has shown it if it was. A few seconds more for the watch to deliver it.
+pub const UNKNOWN_OUTCOME_TIMEOUT: Duration = Duration::from_secs(65);
+
 /// The key of a CraneReplicaSet: `namespace/name`.
 pub type Key = String;
 
@@ -28,6 +34,8 @@ struct Record {
     /// The UID of the CraneReplicaSet the record is for.
     owner: String,
     creations: usize,
+    /// When each creation among `creations` whose outcome is unknown failed.
+    unknown: Vec<Instant>,
     deletions: HashSet<String>,
     since: Instant,
 }
@@ -36,12 +44,29 @@ impl Record {
     fn fulfilled(&self) -> bool {
         self.creations == 0 && self.deletions.is_empty()
     }
+
+    /// Fulfilled once the creations of unknown outcome that are past
+    /// [`UNKNOWN_OUTCOME_TIMEOUT`] are taken as never stored (while the pod watch works: a
+    /// broken one may not have shown them yet).
+    fn settled_at(&self, now: Instant, watch_works: bool) -> bool {
+        let given_up = if watch_works {
+            self.unknown
+                .iter()
+                .filter(|failed| now.duration_since(**failed) >= UNKNOWN_OUTCOME_TIMEOUT)
+                .count()
+        } else {
+            0
+        };
+        self.creations.saturating_sub(given_up) == 0 && self.deletions.is_empty()
+    }
 }
 
 /// Outstanding expectations per CraneReplicaSet. Cheap to share: one lock, short sections.
 #[derive(Debug, Default)]
 pub struct Expectations {
     records: Mutex<HashMap<Key, Record>>,
+    /// The pod watch failed and has not relisted since (see [`Expectations::pod_watch`]).
+    pod_watch_broken: std::sync::atomic::AtomicBool,
 }
 
 impl Expectations {
@@ -64,6 +89,7 @@ impl Expectations {
         let record = Record {
             owner: owner.to_string(),
             creations,
+            unknown: Vec::new(),
             deletions: deletions.into_iter().map(str::to_string).collect(),
             since: Instant::now(),
         };
@@ -76,8 +102,44 @@ impl Expectations {
         self.with(|r| {
             if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
                 rec.creations = rec.creations.saturating_sub(1);
+                // A pod seen may be one of unknown outcome: the oldest such is settled.
+                if rec.unknown.len() > rec.creations {
+                    rec.unknown.remove(0);
+                }
             }
         });
+    }
+
+    /// A creation's answer was lost: it may have been stored. It stays expected until the
+    /// watch shows it, or for [`UNKNOWN_OUTCOME_TIMEOUT`] while the pod watch works.
+    pub fn creation_unknown(&self, key: &str, owner: &str) {
+        self.with(|r| {
+            if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner)
+                && rec.unknown.len() < rec.creations
+            {
+                rec.unknown.push(Instant::now());
+            }
+        });
+    }
+
+    /// The pod watch failed (`false`), or completed a list (`true`).
+    pub fn pod_watch(&self, works: bool) {
+        self.pod_watch_broken
+            .store(!works, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How long until a creation of unknown outcome of `key` is given up on, if one waits:
+    /// a pass blocked by it looks again then.
+    pub fn unknown_expires_in(&self, key: &str, owner: &str) -> Option<Duration> {
+        let now = Instant::now();
+        self.with(|r| {
+            let rec = r.get(key).filter(|rec| rec.owner == owner)?;
+            rec.unknown
+                .iter()
+                .map(|failed| UNKNOWN_OUTCOME_TIMEOUT.saturating_sub(now.duration_since(*failed)))
+                .filter(|left| !left.is_zero())
+                .min()
+        })
     }
 
     /// The watch saw the pod `uid` go (or start terminating), or its deletion failed.
@@ -99,7 +161,11 @@ impl Expectations {
     fn satisfied_at(&self, key: &str, owner: &str, now: Instant) -> bool {
         self.with(|r| match r.get(key) {
             Some(rec) if rec.owner == owner => {
-                rec.fulfilled() || now.duration_since(rec.since) >= EXPECTATIONS_TIMEOUT
+                let watch_works = !self
+                    .pod_watch_broken
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                rec.settled_at(now, watch_works)
+                    || now.duration_since(rec.since) >= EXPECTATIONS_TIMEOUT
             }
             // None recorded, or recorded for an earlier object of the same name.
             _ => true,
@@ -208,5 +274,37 @@ mod tests {
         assert!(!e.satisfied("ns/a", "new"));
         e.creation_observed("ns/a", "new");
         assert!(e.satisfied("ns/a", "new"));
+    }
+
+    #[test]
+    fn a_creation_of_unknown_outcome_is_given_up_on_after_its_bound_while_the_watch_works() {
+        let e = Expectations::default();
+        let t0 = Instant::now();
+        e.expect("ns/a", "u", 1, NONE);
+        e.creation_unknown("ns/a", "u");
+        let at = |secs: u64| e.satisfied_at("ns/a", "u", t0 + Duration::from_secs(secs));
+        assert!(!at(0), "it may have been stored");
+        assert!(
+            !at(UNKNOWN_OUTCOME_TIMEOUT.as_secs() - 2),
+            "the API server may still store it"
+        );
+        assert!(
+            at(UNKNOWN_OUTCOME_TIMEOUT.as_secs() + 1),
+            "no request outlives the bound"
+        );
+        e.pod_watch(false);
+        assert!(
+            !at(UNKNOWN_OUTCOME_TIMEOUT.as_secs() + 1),
+            "a broken pod watch may not have shown it yet"
+        );
+        e.pod_watch(true);
+        assert!(at(UNKNOWN_OUTCOME_TIMEOUT.as_secs() + 1));
+        let left = e.unknown_expires_in("ns/a", "u").expect("one waits");
+        assert!(left <= UNKNOWN_OUTCOME_TIMEOUT, "{left:?}");
+
+        // Seen: settled at once.
+        e.creation_observed("ns/a", "u");
+        assert!(e.satisfied("ns/a", "u"));
+        assert_eq!(e.unknown_expires_in("ns/a", "u"), None);
     }
 }

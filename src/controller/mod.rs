@@ -530,9 +530,15 @@ pub async fn run(
             // the pods of a create that failed for us but was stored (an outage's classic)
             // for missing ones.
             match &event {
-                Err(_) => watch_failed = true,
-                Ok(watcher::Event::InitDone) if std::mem::take(&mut watch_failed) => {
-                    retry_failed_now(&failures, &tx)
+                Err(_) => {
+                    watch_failed = true;
+                    expectations.pod_watch(false);
+                }
+                Ok(watcher::Event::InitDone) => {
+                    expectations.pod_watch(true);
+                    if std::mem::take(&mut watch_failed) {
+                        retry_failed_now(&failures, &tx)
+                    }
                 }
                 Ok(_) => {}
             }

@@ -167,6 +167,7 @@ pub(super) async fn create_pods(
                 // stays until the watch shows it (or the expectations' timeout), so no pass
                 // makes it again; and, as any failure, it stops the slow start.
                 Err(e) if may_have_been_stored(&e) => {
+                    ctx.expectations.creation_unknown(&key, &uid);
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
@@ -276,6 +277,8 @@ mod tests {
         met: bool,
         /// ... and once the watch showed the pod the first POST may have made.
         met_once_seen: bool,
+        /// When a creation of unknown outcome would be given up on, right after the pass.
+        gives_up_in: Option<Duration>,
     }
 
     /// Creates 2 pods (slow start: a batch of 1, then of 1) against a scripted API that
@@ -305,6 +308,9 @@ mod tests {
         });
         let failure = create_pods(&crs, &ctx, &pods, 2).await;
         let met = ctx.expectations.satisfied("default/crane", "crs-uid");
+        let gives_up_in = ctx
+            .expectations
+            .unknown_expires_in("default/crane", "crs-uid");
         let observed = watcher::Event::Apply(ours("crane-a"));
         let crs_cache = reflector::store::<CraneReplicaSet>().0;
         super::super::on_pod_event(&observed, &ctx.pods, &crs_cache, &ctx.expectations);
@@ -316,6 +322,7 @@ mod tests {
             posts: server.await.unwrap(),
             met,
             met_once_seen,
+            gives_up_in,
         }
     }
 
@@ -331,6 +338,12 @@ mod tests {
             "{what}: the pod may exist: no pass may create it again until it is seen or the expectation times out"
         );
         assert!(created.met_once_seen, "{what}: {created:?}");
+        assert!(
+            created
+                .gives_up_in
+                .is_some_and(|d| d <= crate::expectations::UNKNOWN_OUTCOME_TIMEOUT),
+            "{what}: {created:?}: waited for until the expectations' 5-minute timeout"
+        );
     }
 
     /// Refused: nothing was made, nothing is outstanding.

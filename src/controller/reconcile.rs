@@ -144,10 +144,15 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         });
     }
     let recheck = written.recheck.map(|d| d + Duration::from_millis(100));
+    // Creations of unknown outcome are given up on after a while: look again then.
+    let unknown = ctx
+        .expectations
+        .unknown_expires_in(&key, &uid)
+        .map(|d| d + Duration::from_millis(100));
     // The periodic look is never put off past RESYNC, even by a recheck a day away
     // (minReadySeconds).
     Ok(Action::requeue(
-        [recheck, written.deferred, Some(RESYNC)]
+        [recheck, written.deferred, unknown, Some(RESYNC)]
             .into_iter()
             .flatten()
             .min()
