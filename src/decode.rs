@@ -362,11 +362,13 @@ impl Skipped {
 
     /// The object decodes again, or is gone; true when it had been skipped.
     pub fn readable(&self, resource: &str, meta: &ObjectMeta) -> bool {
-        let key = format!("{resource} {}", object_name(meta));
-        self.objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
+        let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        // Called for every object a watch delivers: nothing to format while none is skipped.
+        if objects.is_empty() {
+            return false;
+        }
+        objects
+            .remove(&format!("{resource} {}", object_name(meta)))
             .is_some()
     }
 
