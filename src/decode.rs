@@ -304,7 +304,7 @@ impl Skipped {
     /// Records `bad` under `resource`; true when this is news (a new object, or a new reason):
     /// what is reported once is not reported again at every relist.
     pub fn skip(&self, resource: &str, bad: &Undecodable) -> bool {
-        let key = format!("{resource} {}", object_name(&bad.meta));
+        let key = skip_key(resource, &bad.meta);
         let what = format!("{}: {}", bad.field, bad.error);
         if let Some(seen) = self
             .relisting
@@ -335,7 +335,7 @@ impl Skipped {
 
     /// The owner of `bad` was told (its event is queued).
     pub fn reported(&self, resource: &str, bad: &Undecodable) {
-        let key = format!("{resource} {}", object_name(&bad.meta));
+        let key = skip_key(resource, &bad.meta);
         if let Some(known) = self
             .objects
             .lock()
@@ -348,12 +348,7 @@ impl Skipped {
 
     /// Whether the named object is skipped now.
     pub fn holds(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
-        let meta = ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: namespace.map(str::to_string),
-            ..ObjectMeta::default()
-        };
-        let key = format!("{resource} {}", object_name(&meta));
+        let key = skip_key_of(resource, namespace, name);
         self.objects
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -367,9 +362,7 @@ impl Skipped {
         if objects.is_empty() {
             return false;
         }
-        objects
-            .remove(&format!("{resource} {}", object_name(meta)))
-            .is_some()
+        objects.remove(&skip_key(resource, meta)).is_some()
     }
 
     /// A relist of `resource` starts.
@@ -413,6 +406,23 @@ impl Skipped {
         let prefix = format!("{resource} ");
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         objects.keys().filter(|k| k.starts_with(&prefix)).count()
+    }
+}
+
+/// The key of an object in [`Skipped`]: `resource namespace/name`.
+fn skip_key(resource: &str, meta: &ObjectMeta) -> String {
+    skip_key_of(
+        resource,
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// [`skip_key`] of a named object.
+fn skip_key_of(resource: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{resource} {ns}/{name}"),
+        None => format!("{resource} {name}"),
     }
 }
 
