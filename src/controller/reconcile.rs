@@ -230,13 +230,10 @@ impl StatusPass<'_> {
         announce_pod_issues(&base, ctx, &new_status).await;
         // Written whenever it changed, creations and deletions in flight or not, as the
         // ReplicaSet controller does: the status says what the cache shows now.
-        let deferred = (!failing)
-            .then(|| {
-                let uid = crs.uid().unwrap_or_default();
-                status_deferred(ctx, key, &uid, base.status.as_ref(), &new_status)
-            })
-            .flatten();
         let uid = crs.uid().unwrap_or_default();
+        let deferred = (!failing)
+            .then(|| status_deferred(ctx, key, &uid, base.status.as_ref(), &new_status))
+            .flatten();
         if let Some(wait) = deferred {
             ctx.deferred.update(key, &uid, |_| Instant::now() + wait);
         }
@@ -396,19 +393,17 @@ pub fn error_policy(crs: Arc<CraneReplicaSet>, err: &Error, ctx: Arc<Context>) -
 /// How long a failed pass waits to be retried: its backoff, or less when a deferred status
 /// write is due sooner.
 fn retry_delay(crs: &CraneReplicaSet, ctx: &Context) -> Duration {
+    let (key, uid) = (key_of(crs), crs.uid().unwrap_or_default());
     let n = ctx
         .failures
-        .update(&key_of(crs), &crs.uid().unwrap_or_default(), |n| {
-            n.unwrap_or(0).saturating_add(1)
-        });
+        .update(&key, &uid, |n| n.unwrap_or(0).saturating_add(1));
     let mut delay = BACKOFF_FIRST
         .saturating_mul(1 << (n - 1).min(16))
         .min(BACKOFF_MAX);
     // A pass that failed before it could write a deferred status is retried when that
     // write is due, not after its whole backoff (up to a minute): once per deferral, so a
     // pass that keeps failing before its status backs off as usual.
-    let key = key_of(crs);
-    if let Some(due) = ctx.deferred.get(&key, &crs.uid().unwrap_or_default()) {
+    if let Some(due) = ctx.deferred.get(&key, &uid) {
         ctx.deferred.remove(&key);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             delay = delay.min(wait + Duration::from_millis(100));
