@@ -68,10 +68,25 @@ async fn wait_for_issue(
 async fn fix(env: &TestEnv, name: &str, replicas: usize) {
     let patch =
         json!({"spec": {"template": {"metadata": {"labels": {"crane.dev/simulate": null}}}}});
-    env.crs()
+    let patched = env
+        .crs()
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .unwrap();
+    // Only once the operator has seen the new template: a replacement made by a pass that
+    // still read the old one (its watch of the object lagging the pod watch) would be a
+    // failing pod again, kept for good under OnDelete.
+    wait_for(
+        "the operator to observe the fixed template",
+        SHORT,
+        || async {
+            let st = env.status(name).await?;
+            (st.observed_generation == patched.metadata.generation)
+                .then_some(())
+                .ok_or(seen(st.observed_generation))
+        },
+    )
+    .await;
     for pod in env.active_pods(name).await.unwrap() {
         env.pods()
             .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
