@@ -15,7 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 /// How long unobserved expectations block scaling, as in kube-controller-manager.
 pub const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -12,13 +12,14 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::metrics::{Health, Metrics};
 
 /// The election's timings (client-go's defaults).
 #[derive(Clone, Debug)]
@@ -132,7 +133,7 @@ impl Elector {
     }
 
     fn now() -> MicroTime {
-        MicroTime(Timestamp::now())
+        MicroTime(crate::clock::now())
     }
 
     async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
@@ -222,12 +223,46 @@ impl Elector {
     }
 }
 
+/// A candidate's part in the election: a standby until `leading` turns true (or `stop`
+/// does), then the leader running `work` until it ends; a lost lease ends it with an error.
+pub async fn stand_by_then_lead<F: std::future::Future<Output = ()>>(
+    health: &Health,
+    metrics: &Metrics,
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    work: impl FnOnce() -> F,
+) -> anyhow::Result<()> {
+    // A standby serves nothing but is ready to: it must not hold up a rollout.
+    health.set_standby(true);
+    let elected = tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        won = leading.wait_for(|l| *l) => won.is_ok(),
+    };
+    if elected {
+        metrics.leader.set(1);
+        health.set_standby(false);
+        // SIGTERM lets the passes in flight finish (while the lease is still renewed);
+        // a lost lease stops every write at once, as kube-controller-manager exits:
+        // another leader may start as soon as the lease expires.
+        tokio::select! {
+            () = work() => {}
+            _ = leading.wait_for(|l| !*l) => {
+                metrics.leader.set(0);
+                anyhow::bail!("lost the leader lease: stopped all work and exiting (a restart campaigns again)");
+            }
+        }
+        metrics.leader.set(0);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::{Method, Request, Response};
     use kube::client::Body;
     use serde_json::json;
+    use std::sync::Arc;
     use tower_test::mock;
 
     type Handle = mock::Handle<Request<Body>, Response<Body>>;
@@ -326,5 +361,90 @@ mod tests {
         within("taking the expired Lease", leading.wait_for(|l| *l))
             .await
             .unwrap();
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let polled = tokio::time::timeout(Duration::from_secs(1), async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        polled.await.unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_candidate_is_a_ready_standby_until_elected_then_a_leader_that_syncs_first() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        let (leading_tx, leading) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (seen_tx, seen) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let candidate = {
+            let (health, metrics) = (health.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let (h, m) = (health.clone(), metrics.clone());
+                let work = move || async move {
+                    let _ = seen_tx.send((h.is_ready(), m.leader.get()));
+                    let _ = done.await;
+                };
+                stand_by_then_lead(&health, &metrics, leading, stop, work).await
+            })
+        };
+        eventually(
+            "a standby is ready although its caches never synced",
+            || health.is_ready(),
+        )
+        .await;
+        assert_eq!(metrics.leader.get(), 0, "a standby does not lead");
+
+        leading_tx.send(true).unwrap();
+        let (ready, leader) = seen.await.expect("the leader runs its work");
+        assert!(!ready, "a new leader is not ready until its caches sync");
+        assert_eq!(leader, 1);
+        done_tx.send(()).unwrap();
+        candidate
+            .await
+            .unwrap()
+            .expect("work that ends is a clean end");
+        assert_eq!(metrics.leader.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_loses_the_lease_stops_its_work_and_fails() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        let (leading_tx, leading) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let candidate = {
+            let (health, metrics) = (health.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let work = std::future::pending::<()>;
+                stand_by_then_lead(&health, &metrics, leading, stop, work).await
+            })
+        };
+        leading_tx.send(true).unwrap();
+        eventually("the candidate leads", || metrics.leader.get() == 1).await;
+        leading_tx.send(false).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(1), candidate)
+            .await
+            .expect("a lost lease ends the work at once")
+            .unwrap();
+        let err = ended.expect_err("a lost lease is an error (the process exits)");
+        assert!(err.to_string().contains("lost the leader lease"), "{err}");
+        assert_eq!(metrics.leader.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_stopped_before_its_election_never_runs_the_work() {
+        let (health, metrics) = (Health::default(), Metrics::default());
+        let (_leading_tx, leading) = watch::channel(false);
+        let (stop_tx, stop) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        let work = || async { panic!("a standby never reconciles") };
+        stand_by_then_lead(&health, &metrics, leading, stop, work)
+            .await
+            .expect("a stop is a clean end");
+        assert_eq!(metrics.leader.get(), 0);
     }
 }

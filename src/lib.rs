@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod controller;
 pub mod dashboard;
 pub mod decode;

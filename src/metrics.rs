@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -122,7 +124,7 @@ pub struct Metrics {
     /// Events not sent because the queue to the API server was full (client-go drops too).
     pub events_dropped: Counter,
     /// When each waiting object was first triggered.
-    queued: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    queued: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Default for Metrics {
@@ -318,7 +320,7 @@ impl Metrics {
     /// `key` was triggered: it waits for a pass from now, unless it was waiting already.
     pub fn enqueued(&self, key: String) {
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        queued.entry(key).or_insert_with(std::time::Instant::now);
+        queued.entry(key).or_insert_with(Instant::now);
         self.workqueue_depth.set(queued.len() as i64);
     }
 

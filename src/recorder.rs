@@ -226,7 +226,7 @@ pub async fn publish(
             next = events.recv() => match next {
                 Some((ev, regarding)) => {
                     let reason = ev.reason.clone();
-                    if let Write::Create(event) = series.observe(ev, &regarding, Timestamp::now()) {
+                    if let Write::Create(event) = series.observe(ev, &regarding, crate::clock::now()) {
                         let api: Api<K8sEvent> = Api::namespaced(client.clone(), &event.namespace().unwrap_or_default());
                         if let Err(e) = api.create(&PostParams::default(), &event).await {
                             warn!(object = regarding_name(&regarding), reason, error = %e, "could not publish event");
@@ -235,10 +235,10 @@ pub async fn publish(
                 }
                 None => break,
             },
-            _ = tick.tick() => write_series(&client, series.flush(Timestamp::now())).await,
+            _ = tick.tick() => write_series(&client, series.flush(crate::clock::now())).await,
         }
     }
-    write_series(&client, series.flush(Timestamp::now())).await;
+    write_series(&client, series.flush(crate::clock::now())).await;
 }
 
 async fn write_series(client: &Client, events: Vec<K8sEvent>) {

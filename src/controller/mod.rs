@@ -14,11 +14,10 @@ use watch::{on_pod_event, owner_of, retry_failed_now, watch_health};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt, TryStreamExt, future};
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{Selector, SelectorExt};
@@ -31,6 +30,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::{CraneReplicaSet, CraneReplicaSetStatus, ServiceStatus};
+use crate::clock::Instant;
 use crate::decode::{Decoded, OnUndecodable, Undecodable, sift};
 use crate::expectations::Expectations;
 use crate::metrics::{ErrorLabels, Health, Metrics, ResourceLabels, ResultLabels};
@@ -120,10 +120,10 @@ pub struct Context {
     /// The pod issue reason last announced by an event, per CraneReplicaSet.
     announced: PerObject<Option<String>>,
     /// When this process last wrote each CraneReplicaSet's status (see [`STATUS_BATCH`]).
-    status_written: PerObject<std::time::Instant>,
+    status_written: PerObject<Instant>,
     /// When a status write deferred by the batch is due (see [`STATUS_BATCH`]): a failed
     /// pass is retried by then at the latest, whatever its backoff.
-    deferred: PerObject<std::time::Instant>,
+    deferred: PerObject<Instant>,
 }
 
 /// State kept per CraneReplicaSet: keyed by `namespace/name`, and valid only for the UID it

@@ -125,7 +125,7 @@ pub(super) async fn create_pods(
     let mut issued = 0;
     for batch in planner::slow_start_batches(n) {
         issued += batch;
-        let started = Instant::now();
+        let started = crate::clock::Instant::now();
         let results = future::join_all((0..batch).map(|_| async {
             let result = api.create(&params, &pod).await;
             match &result {

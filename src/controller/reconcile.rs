@@ -70,7 +70,7 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         template_hash: &hash,
         strategy: Strategy::of(&crs.spec.update_strategy, crs.spec.replicas),
         min_ready_seconds: crs.spec.min_ready_seconds,
-        now: Timestamp::now(),
+        now: crate::clock::now(),
         deleting,
         ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
@@ -218,7 +218,7 @@ impl StatusPass<'_> {
             replica_failure,
             service_failure: service_failure.clone(),
             service: service.clone(),
-            now: Timestamp::now(),
+            now: crate::clock::now(),
         };
         let (new_status, recheck) = status::compute(&base, self.selector, observed);
         ctx.metrics.set_replicas(
@@ -915,7 +915,7 @@ pub(super) mod tests {
         // A pod Ready just now, available only in a day.
         crs.spec.min_ready_seconds = 86_400;
         let mut ready = running("crane-a", true);
-        let now = serde_json::to_value(Timestamp::now()).unwrap();
+        let now = serde_json::to_value(jiff::Timestamp::now()).unwrap();
         ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_transition_time =
             Some(serde_json::from_value(now).unwrap());
         ctx.pods.apply(&watcher::Event::Apply(ready));

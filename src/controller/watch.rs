@@ -141,13 +141,16 @@ pub(super) fn retry_failed_now(
 /// which after a brief API server restart leaves the operator blind for up to half a
 /// minute; one operator's watches are few, so this stops at 5 s.
 pub fn watch_backoff() -> watcher::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
+    let builder = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(800))
         .with_max_delay(Duration::from_secs(5))
         .with_factor(2.0)
         .with_jitter()
-        .without_max_times()
-        .into()
+        .without_max_times();
+    match crate::clock::jitter_seed() {
+        Some(seed) => builder.with_jitter_seed(seed).into(),
+        None => builder.into(),
+    }
 }
 
 /// What one item of a watch says of its health: a list that fails keeps the cache from
@@ -204,7 +207,7 @@ mod tests {
         e.expect("default/crane", "crs-uid", 0, ["uid-a", "uid-b"]);
         on_pod_event(&watcher::Event::Delete(ours("a")), &pods, &crs, &e);
         let mut terminating = ours("b");
-        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         on_pod_event(&watcher::Event::Apply(terminating), &pods, &crs, &e);
         assert!(e.satisfied("default/crane", "crs-uid"));
     }
