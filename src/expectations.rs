@@ -144,6 +144,50 @@ impl Expectations {
         })
     }
 
+    /// The pod `uid` went, and its last state in the cache named no owner: each
+    /// CraneReplicaSet that expected its deletion (it adopted and deleted it before the
+    /// watch showed either) has seen it. Returns their keys.
+    pub fn deletion_observed_anywhere(&self, uid: &str) -> Vec<Key> {
+        self.with(|r| {
+            r.iter_mut()
+                .filter_map(|(key, rec)| rec.deletions.remove(uid).then(|| key.clone()))
+                .collect()
+        })
+    }
+
+    /// Whether only creations of unknown outcome past [`UNKNOWN_OUTCOME_TIMEOUT`] keep the
+    /// record of `key` open, and only because the pod watch has not relisted since it
+    /// failed (a watch that resumed where it broke never relists): the pass may then ask
+    /// the API server whether they were stored ([`Expectations::give_up_unknown`]).
+    pub fn unknown_overdue(&self, key: &str, owner: &str) -> bool {
+        let now = Instant::now();
+        let broken = self
+            .pod_watch_broken
+            .load(std::sync::atomic::Ordering::SeqCst);
+        self.with(|r| {
+            r.get(key)
+                .filter(|rec| rec.owner == owner)
+                .is_some_and(|rec| {
+                    broken && !rec.settled_at(now, false) && rec.settled_at(now, true)
+                })
+        })
+    }
+
+    /// The creations of unknown outcome of `key` past [`UNKNOWN_OUTCOME_TIMEOUT`] were
+    /// not stored (a consistent list of the API server does not show them): no longer
+    /// expected.
+    pub fn give_up_unknown(&self, key: &str, owner: &str) {
+        let now = Instant::now();
+        self.with(|r| {
+            if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
+                let before = rec.unknown.len();
+                rec.unknown
+                    .retain(|failed| now.duration_since(*failed) < UNKNOWN_OUTCOME_TIMEOUT);
+                rec.creations = rec.creations.saturating_sub(before - rec.unknown.len());
+            }
+        });
+    }
+
     /// The watch saw the pod `uid` go (or start terminating), or its deletion failed.
     /// (A pod UID names one pod of one owner, so this needs no owner.)
     pub fn deletion_observed(&self, key: &str, uid: &str) {
@@ -190,6 +234,29 @@ mod tests {
     use super::*;
 
     const NONE: [&str; 0] = [];
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_creations_overdue_behind_a_broken_watch_are_given_up_only_when_asked() {
+        let e = Expectations::default();
+        e.expect("ns/a", "u", 2, NONE);
+        e.creation_unknown("ns/a", "u");
+        e.pod_watch(false);
+        assert!(!e.unknown_overdue("ns/a", "u"), "not before its timeout");
+        tokio::time::sleep(UNKNOWN_OUTCOME_TIMEOUT).await;
+        assert!(
+            !e.unknown_overdue("ns/a", "u"),
+            "a creation of known outcome still waits"
+        );
+        e.creation_observed("ns/a", "u");
+        assert!(
+            !e.satisfied("ns/a", "u"),
+            "a broken watch may not have shown it yet"
+        );
+        assert!(e.unknown_overdue("ns/a", "u"));
+        e.give_up_unknown("ns/a", "u");
+        assert!(e.satisfied("ns/a", "u"));
+        assert!(!e.unknown_overdue("ns/a", "u"));
+    }
 
     #[test]
     fn creations_are_satisfied_once_all_are_observed() {

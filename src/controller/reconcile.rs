@@ -47,6 +47,51 @@ pub(super) fn read_in_order<P>(
     (settled, pods())
 }
 
+/// Creations of unknown outcome are past their timeout, but the pod watch failed since and
+/// resumed without a relist, so the cache cannot say they were never stored: a consistent
+/// list of the object's pods can. A pod it shows that the cache lacks may be one of them
+/// (the watch is still delivering it): they stay expected. Otherwise they were not stored
+/// (kube-apiserver ends every request within its timeout): the pass goes on without them,
+/// instead of waiting out the record's whole timeout.
+async fn settle_unknown(
+    ctx: &Context,
+    key: &str,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), Error> {
+    let api: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), ns);
+    let params = kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={name}"));
+    let listed = api
+        .list_metadata(&params)
+        .await
+        .map_err(kube_err("list the pods of", key))?;
+    // The cache is read after the list: a pod it gained meanwhile counts as unseen, which
+    // only makes the pass wait.
+    let cached: std::collections::HashSet<String> = ctx
+        .pods
+        .candidates(ns, uid)
+        .into_iter()
+        .map(|p| p.uid)
+        .collect();
+    let unseen = listed.items.iter().any(|p| {
+        let ours = p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid);
+        ours && !p.metadata.uid.as_ref().is_some_and(|u| cached.contains(u))
+    });
+    if unseen {
+        debug!(object = %key, "creations of unknown outcome may have been stored: still expected");
+    } else {
+        info!(object = %key, "creations of unknown outcome were not stored: no longer expected");
+        ctx.expectations.give_up_unknown(key, uid);
+    }
+    Ok(())
+}
+
 pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(crs);
     // The garbage collector removes the pods and the Service: adopt, scale and apply
@@ -61,6 +106,9 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
                 object: key.clone(),
                 message: e.to_string(),
             })?;
+    if ctx.expectations.unknown_overdue(&key, &uid) {
+        settle_unknown(ctx, &key, &ns, &crs.name_any(), &uid).await?;
+    }
     let (settled, pods) = read_in_order(
         || ctx.expectations.satisfied(&key, &uid),
         || ctx.pods.candidates(&ns, &uid),
@@ -252,10 +300,16 @@ impl StatusPass<'_> {
         // Only what changed, as a JSON merge patch: server-side apply would make the API
         // server merge the whole object against the CRD's schema (pod template included)
         // on every status write, the operator's most frequent write.
-        let patch = json!({"status": status::merge_patch(
-            &serde_json::to_value(&base.status).unwrap_or_default(),
-            &serde_json::to_value(&new_status).unwrap_or_default(),
-        )});
+        // With the UID as a precondition: a pass whose cache still held an object deleted
+        // and made again under its name must not write its predecessor's counts, or a
+        // patch against a status that is not the one on the server, onto the new one.
+        let patch = json!({
+            "metadata": {"uid": uid},
+            "status": status::merge_patch(
+                &serde_json::to_value(&base.status).unwrap_or_default(),
+                &serde_json::to_value(&new_status).unwrap_or_default(),
+            )
+        });
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..PatchParams::default()
@@ -634,6 +688,12 @@ pub(super) mod tests {
         assert!(matches!(err, Error::Replicas { .. }), "{err:?}");
         let patches = status_writes(&mut seen);
         assert_eq!(patches.len(), 2, "{patches:#?}");
+        for patch in &patches {
+            assert_eq!(
+                patch["metadata"]["uid"], "crs-uid",
+                "a status write is for this object only, not one made again under its name"
+            );
+        }
         assert!(!conditions_of(&patches[0]).contains(&status::REPLICA_FAILURE.to_string()));
         assert!(
             conditions_of(&patches[1]).contains(&status::REPLICA_FAILURE.to_string()),

@@ -24,6 +24,10 @@ pub(super) struct Sightings {
     created: Vec<(String, String)>,
     /// Pods that went or started terminating, each as (key of its CraneReplicaSet, pod UID).
     deleted: Vec<(String, String)>,
+    /// Pods that went or started terminating as orphans in the cache: a pass may have
+    /// adopted and deleted one before the watch showed the adoption (a relist after it
+    /// was gone), and expects its deletion all the same.
+    orphans_deleted: Vec<String>,
 }
 
 impl Sightings {
@@ -57,16 +61,19 @@ impl Sightings {
                     if after.terminating {
                         seen.deleted.push((key, after.uid.clone()));
                     }
+                } else if after.terminating && after.owner.is_none() {
+                    seen.orphans_deleted.push(after.uid.clone());
                 }
                 if after.controller == crate::pods::Controller::None {
                     seen.triggers
                         .extend(selecting(crs_cache, ns, &after.labels));
                 }
             }
-            if let Some(before) = before.as_ref().filter(|_| replaced)
-                && let Some(key) = key(before)
-            {
-                seen.deleted.push((key, before.uid.clone()));
+            if let Some(before) = before.as_ref().filter(|_| replaced) {
+                match key(before) {
+                    Some(key) => seen.deleted.push((key, before.uid.clone())),
+                    None => seen.orphans_deleted.push(before.uid.clone()),
+                }
             }
         }
         seen.triggers
@@ -78,13 +85,22 @@ impl Sightings {
     /// Records the observations. Called only after the pod cache has taken the changes,
     /// as client-go's handlers run after its indexer: a pass that finds its expectations
     /// met must also find the pods in the cache (see [`read_in_order`]).
-    fn record(&self, expectations: &Expectations) {
+    /// Returns the CraneReplicaSets that expected the deletion of a pod gone as an orphan.
+    fn record(&self, expectations: &Expectations) -> Vec<ObjectRef<CraneReplicaSet>> {
         for (key, owner) in &self.created {
             expectations.creation_observed(key, owner);
         }
         for (key, uid) in &self.deleted {
             expectations.deletion_observed(key, uid);
         }
+        self.orphans_deleted
+            .iter()
+            .flat_map(|uid| expectations.deletion_observed_anywhere(uid))
+            .filter_map(|key| {
+                let (ns, name) = key.split_once('/')?;
+                Some(ObjectRef::new(name).within(ns))
+            })
+            .collect()
     }
 }
 
@@ -111,8 +127,9 @@ pub(super) fn on_pod_event(
     crs_cache: &Store<CraneReplicaSet>,
     expectations: &Expectations,
 ) -> Vec<ObjectRef<CraneReplicaSet>> {
-    let seen = Sightings::of(&cache.apply(event), crs_cache);
-    seen.record(expectations);
+    let mut seen = Sightings::of(&cache.apply(event), crs_cache);
+    let expected_by = seen.record(expectations);
+    seen.triggers.extend(expected_by);
     seen.triggers
 }
 
@@ -209,6 +226,36 @@ mod tests {
         let mut terminating = ours("b");
         terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         on_pod_event(&watcher::Event::Apply(terminating), &pods, &crs, &e);
+        assert!(e.satisfied("default/crane", "crs-uid"));
+    }
+
+    /// A pass adopted an orphan and deleted it (a surplus) before the watch showed either:
+    /// the pod goes from the cache as an orphan. Its deletion is still the one the pass
+    /// expects, and its owner must look again (its status still counts the pod), not
+    /// wait out the expectations' timeout.
+    #[test]
+    fn an_orphan_adopted_and_deleted_unseen_is_an_observed_deletion_of_its_adopter() {
+        let (pods, crs) = stores();
+        let e = Expectations::default();
+        let orphan = pod("stray", None);
+        on_pod_event(&watcher::Event::Apply(orphan.clone()), &pods, &crs, &e);
+        e.expect("default/crane", "crs-uid", 0, ["uid-stray"]);
+        // Gone by the relist after a broken watch.
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            let triggers = on_pod_event(&event, &pods, &crs, &e);
+            if matches!(event, watcher::Event::InitDone) {
+                assert!(triggers.contains(&crane_ref()[0]), "{triggers:?}");
+            }
+        }
+        assert!(e.satisfied("default/crane", "crs-uid"));
+
+        // The same with the pod seen terminating, still an orphan in the cache.
+        on_pod_event(&watcher::Event::Apply(orphan.clone()), &pods, &crs, &e);
+        e.expect("default/crane", "crs-uid", 0, ["uid-stray"]);
+        let mut terminating = orphan;
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let triggers = on_pod_event(&watcher::Event::Apply(terminating), &pods, &crs, &e);
+        assert!(triggers.contains(&crane_ref()[0]), "{triggers:?}");
         assert!(e.satisfied("default/crane", "crs-uid"));
     }
 

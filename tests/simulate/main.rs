@@ -1,0 +1,184 @@
+//! `make simulate`: the whole controller, run against a simulated API server and cluster on
+//! simulated time, in thousands of worlds each decided by a seed (see [`world`]). Every
+//! world's invariants are checked: no pod beyond what was asked for, ever; once the faults
+//! stop, the right pods and a truthful status within a bound; then no writes at all; no
+//! panic. A failing seed is printed with the command that replays it.
+//!
+//! `SEEDS=N` worlds (default 200) from `FIRST=S` (default 1), on `THREADS` threads;
+//! `SEED=S` replays one and prints its trace. The seeds in `regressions.txt` run first.
+
+mod apiserver;
+mod rng;
+mod world;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            eprintln!("[simulate] {name}={value} is not a number");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Log lines stamped with the simulation's wall clock.
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(w, "{}", crane_operator::clock::now())
+    }
+}
+
+fn run_one(seed: u64) -> world::Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(world::run(seed))
+}
+
+fn main() {
+    // Panics inside the operator's tasks are caught by tokio; record them per world.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        world::PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+        if std::env::var_os("SIMULATE_PANIC_BACKTRACE").is_some() {
+            default_hook(info);
+        }
+    }));
+    if let Some(seed) = env_u64("SEED") {
+        // SIMULATE_LOG=debug (a tracing filter) shows the operator's own log, on simulated time.
+        if let Ok(filter) = std::env::var("SIMULATE_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_timer(SimulatedTime)
+                .with_ansi(false)
+                .init();
+        }
+        let started = Instant::now();
+        let outcome = run_one(seed);
+        for line in &outcome.trace {
+            println!("{line}");
+        }
+        println!("[simulate] seed {seed}: {}", outcome.plan);
+        println!(
+            "[simulate] seed {seed}: {} requests, {} faults injected, settled after {:?}, {:.1} s",
+            outcome.requests,
+            outcome.faults,
+            outcome.settled_after,
+            started.elapsed().as_secs_f64()
+        );
+        for v in &outcome.violations {
+            println!("[simulate] seed {seed}: VIOLATION {v}");
+        }
+        std::process::exit(i32::from(!outcome.violations.is_empty()));
+    }
+    let count = env_u64("SEEDS").unwrap_or(200);
+    let first = env_u64("FIRST").unwrap_or(1);
+    let threads = env_u64("THREADS").map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n.max(1) as usize,
+    );
+    let regressions: Vec<u64> = include_str!("regressions.txt")
+        .lines()
+        .filter_map(|l| l.split('#').next()?.trim().parse().ok())
+        .collect();
+    let seeds: Vec<u64> = regressions
+        .iter()
+        .copied()
+        .chain(first..first + count)
+        .collect();
+    println!(
+        "[simulate] {} schedules ({} regression seeds, then {first}..{}) on {threads} threads",
+        seeds.len(),
+        regressions.len(),
+        first + count
+    );
+    let next = AtomicUsize::new(0);
+    let (faults, requests, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicUsize::new(0));
+    let failed: Mutex<Vec<(u64, world::Outcome)>> = Mutex::new(Vec::new());
+    let settle_max = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let outcome = run_one(seed);
+                    faults.fetch_add(outcome.faults, Ordering::Relaxed);
+                    requests.fetch_add(outcome.requests, Ordering::Relaxed);
+                    if let Some(after) = outcome.settled_after {
+                        settle_max.fetch_max(after.as_millis() as u64, Ordering::Relaxed);
+                    }
+                    if !outcome.violations.is_empty() {
+                        println!(
+                            "[simulate] seed {seed}: {} (replay: make simulate SEED={seed})",
+                            outcome.violations[0]
+                        );
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((seed, outcome));
+                    }
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % (seeds.len() / 10).max(1) == 0 {
+                        println!(
+                            "[simulate] {n}/{} schedules, {:.1} per second",
+                            seeds.len(),
+                            n as f64 / started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
+    let elapsed = started.elapsed();
+    if let Some((seed, outcome)) = failed.iter().min_by_key(|(s, _)| *s) {
+        println!(
+            "[simulate] the trace of seed {seed} (last lines), {}:",
+            outcome.plan
+        );
+        for line in outcome.trace.iter().rev().take(60).rev() {
+            println!("    {line}");
+        }
+        for v in &outcome.violations {
+            println!("[simulate] seed {seed}: VIOLATION {v}");
+        }
+    }
+    println!(
+        "[simulate] {:.0} s, {:.1} schedules per second, slowest settle {:.1} s, {} requests",
+        elapsed.as_secs_f64(),
+        seeds.len() as f64
+            / elapsed
+                .as_secs_f64()
+                .max(Duration::from_millis(1).as_secs_f64()),
+        settle_max.load(Ordering::Relaxed) as f64 / 1000.0,
+        requests.load(Ordering::Relaxed)
+    );
+    println!(
+        "{} schedules, {} faults injected, {} invariant violations",
+        seeds.len(),
+        faults.load(Ordering::Relaxed),
+        failed
+            .iter()
+            .map(|(_, o)| o.violations.len())
+            .sum::<usize>()
+    );
+    if !failed.is_empty() {
+        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        println!(
+            "[simulate] failing seeds: {} (replay one: make simulate SEED=S)",
+            seeds.join(" ")
+        );
+        std::process::exit(1);
+    }
+}
