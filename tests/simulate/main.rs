@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
+    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
     match value.trim().parse() {
         Ok(n) => Some(n),
         Err(_) => {
@@ -35,13 +35,62 @@ impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
     }
 }
 
+thread_local! {
+    /// The entropy of this thread's world: the seed's, once [`run_one`] has set it.
+    static ENTROPY: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The C library's `getrandom`, taken over for this process: on a world's thread it
+/// answers from the world's seed, so that std's hash maps (which kube's controller polls
+/// its passes from, in their iteration order) iterate the same way in every replay.
+/// Elsewhere it asks the kernel. std finds it through `dlsym`: `make simulate` links
+/// with `-rdynamic`.
+///
+/// # Safety
+/// As the C function: `buf` points to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getrandom(buf: *mut u8, len: usize, flags: u32) -> isize {
+    match ENTROPY.get() {
+        Some(mut state) => {
+            for i in 0..len {
+                state = crane_operator::clock::splitmix64(state);
+                // SAFETY: the caller hands over `len` writable bytes at `buf`.
+                unsafe { *buf.add(i) = state as u8 };
+            }
+            ENTROPY.set(Some(state));
+            len as isize
+        }
+        // SAFETY: the same contract as the system call's.
+        None => unsafe { libc::syscall(libc::SYS_getrandom, buf, len, flags) as isize },
+    }
+}
+
+/// Runs world `seed` on a thread of its own (its hash-map keys are drawn afresh from the
+/// seed), on a current-thread runtime with paused time whose own randomness (the order
+/// in which `select!` polls) comes from the seed too where tokio allows it
+/// (`--cfg tokio_unstable`, as `make simulate` builds).
 fn run_one(seed: u64) -> world::Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
-    rt.block_on(world::run(seed))
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                ENTROPY.set(Some(seed));
+                let mut builder = tokio::runtime::Builder::new_current_thread();
+                builder.enable_time().start_paused(true);
+                #[cfg(tokio_unstable)]
+                builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+                let rt = builder.build().expect("a runtime");
+                let outcome = rt.block_on(world::run(seed));
+                // The world's tasks (dropped with the runtime) still draw from the seed.
+                drop(rt);
+                ENTROPY.set(None);
+                outcome
+            })
+            .join()
+            .unwrap_or_else(|panic| world::Outcome {
+                violations: vec![format!("the world itself panicked: {panic:?}")],
+                ..world::Outcome::default()
+            })
+    })
 }
 
 fn main() {
