@@ -19,6 +19,7 @@ pub mod pod_cache;
 pub mod pods;
 pub mod probe;
 pub mod recorder;
+pub mod restart;
 pub mod service;
 pub mod status;
 pub mod telemetry;

@@ -443,7 +443,7 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
                 input #replicas type="number" min="0" name="replicas" value=(c.spec.replicas) required;
                 button #scale-submit type="submit" { "Scale" }
             }
-            @let refused = super::restart_refused(c);
+            @let refused = crate::restart::refused(c);
             button #restart type="button" data-namespace=(ns) data-name=(name) disabled[refused.is_some()]
                 title=(refused.as_deref().unwrap_or("Replace every pod, a few at a time")) { "Restart" }
         }
