@@ -4,6 +4,16 @@
 //! `diagnostics`); `expectations` is the record, shared by the pod watch and the passes, of
 //! writes not yet seen; `controller` runs them against the API server.
 
+/// The git commit this binary was built from (build.rs), or "unknown".
+pub const GIT_COMMIT: &str = env!("CRANE_GIT_COMMIT");
+/// What `--version` prints after the binary's name: the package version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CRANE_GIT_COMMIT"),
+    ")"
+);
+
 pub mod api;
 pub mod client;
 pub mod controller;

@@ -21,7 +21,7 @@ const LEASE_NAME: &str = "crane-operator-leader";
 #[derive(Parser)]
 #[command(
     name = "crane-operator",
-    version,
+    version = crane_operator::VERSION,
     about = "Keeps N pods of a template alive and exposes them: the ReplicationController of Kubernetes in Action as a CraneReplicaSet"
 )]
 struct Cli {
@@ -594,6 +594,25 @@ mod tests {
             .await
             .expect("a stop is a clean end");
         assert_eq!(metrics.leader.get(), 0);
+    }
+
+    #[test]
+    fn the_version_names_the_commit_the_binary_was_built_from() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+        let commit = head.unwrap_or_else(|| "unknown".into());
+        assert_eq!(
+            Cli::command().render_version().trim(),
+            format!(
+                "crane-operator {} (commit {commit})",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
     }
 
     #[test]
