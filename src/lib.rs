@@ -15,6 +15,7 @@ pub const VERSION: &str = concat!(
 );
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod dashboard;

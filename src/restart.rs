@@ -3,8 +3,8 @@
 //! object replaces its pods a few at a time. The dashboard's restart button and `kubectl
 //! crane restart` both go through [`restart`].
 
-use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::api::{CraneReplicaSet, UpdateStrategyType};

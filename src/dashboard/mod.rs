@@ -9,6 +9,7 @@
 //! [`Token`], in the printed URL's `?token=` or in the cookie the first page sets, as
 //! Jupyter does; without it, 403.
 
+pub mod launch;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -978,7 +979,8 @@ mod tests {
         );
         assert_eq!(patch["metadata"]["resourceVersion"], "2", "{patch:#}");
         assert!(
-            patch["spec"]["template"]["metadata"]["annotations"][crate::restart::RESTARTED_AT].is_string(),
+            patch["spec"]["template"]["metadata"]["annotations"][crate::restart::RESTARTED_AT]
+                .is_string(),
             "{patch:#}"
         );
     }
