@@ -26,6 +26,7 @@ pub mod expectations;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod plugin;
 pub mod pod_cache;
 pub mod pods;
 pub mod probe;

@@ -1,6 +1,9 @@
-//! `crane-operator`: `run` the controller, print the `crd`, serve the `dashboard`.
+//! `crane-operator`: `run` the controller, print the `crd`, serve the `dashboard`; installed
+//! as `kubectl-crane`, the kubectl plugin (src/plugin).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use crane_operator::controller::{self, Config};
 use crane_operator::dashboard::launch::DashboardArgs;
 use crane_operator::leader::{Elector, Timings};
 use crane_operator::metrics::{self, Health, Metrics};
+use crane_operator::plugin::{self, Invocation};
 use crane_operator::probe;
 use crane_operator::telemetry::{self, LogFormat};
 use tokio::sync::watch;
@@ -104,8 +108,16 @@ struct RunArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> anyhow::Result<ExitCode> {
+    // One binary under three names: kubectl-crane is the kubectl plugin, and
+    // kubectl_complete-crane completes it for kubectl.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match Invocation::of(argv.first().map(OsString::as_os_str)) {
+        Invocation::Plugin => return Ok(plugin::main(argv).await),
+        Invocation::Completion => return Ok(plugin::complete(argv).await),
+        Invocation::Operator => {}
+    }
+    let done = match Cli::parse_from(argv).command {
         Command::Crd => {
             print!("{}", crane_operator::api::crd_yaml());
             Ok(())
@@ -124,7 +136,8 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
