@@ -204,14 +204,22 @@ async fn connect(target: &Target) -> anyhow::Result<(Client, String)> {
 /// An error as kubectl prints it: `Error from server (Reason): message` for the API
 /// server's refusals, `error: ...` for the rest.
 fn kubectl_error(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<kube::Error>() {
-        Some(kube::Error::Api(status)) if status.reason.is_empty() => {
+    // The API server's answer, wherever in the chain kube's error is (restart's error
+    // forwards to its source, kube's boxed Status).
+    let status = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => Some(status.as_ref()),
+            _ => c
+                .downcast_ref::<Box<kube::core::Status>>()
+                .map(AsRef::as_ref),
+        });
+    match status {
+        Some(status) if status.reason.is_empty() => {
             format!("Error from server: {}", status.message)
         }
-        Some(kube::Error::Api(status)) => {
-            format!("Error from server ({}): {}", status.reason, status.message)
-        }
-        _ => format!("error: {e:#}"),
+        Some(status) => format!("Error from server ({}): {}", status.reason, status.message),
+        None => format!("error: {e:#}"),
     }
 }
 
@@ -407,6 +415,22 @@ mod tests {
         assert_eq!(
             kubectl_error(&status("", "boom").context("while creating")),
             "Error from server: boom"
+        );
+        let not_found = kube::core::Status {
+            reason: "NotFound".into(),
+            message: "cranereplicasets.crane.dev \"nope\" not found".into(),
+            code: 404,
+            ..kube::core::Status::default()
+        };
+        let restart = crate::restart::Error::Api(kube::Error::Api(Box::new(not_found)));
+        assert_eq!(
+            kubectl_error(&restart.into()),
+            "Error from server (NotFound): cranereplicasets.crane.dev \"nope\" not found"
+        );
+        let refused = crate::restart::Error::Refused("crane has updateStrategy OnDelete".into());
+        assert_eq!(
+            kubectl_error(&refused.into()),
+            "error: crane has updateStrategy OnDelete"
         );
         assert_eq!(
             kubectl_error(&anyhow::anyhow!("no such thing")),
