@@ -226,31 +226,32 @@ fn target_of(words: &[String]) -> Target {
     }
 }
 
-/// The names `want` asks for, from the cluster; None when it cannot be asked.
+/// The names `want` asks for, from the cluster, by name; None when it cannot be asked.
 async fn names(want: &Want, target: &Target) -> Option<Vec<(String, String)>> {
     let (client, namespace) = connect(target).await.ok()?;
-    let params = ListParams::default();
-    let mut names: Vec<String> = match want {
-        Want::Objects => Api::<CraneReplicaSet>::namespaced(client, &namespace)
-            .list_metadata(&params)
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter_map(|o| o.metadata.name)
-            .collect(),
-        Want::Namespaces => Api::<Namespace>::all(client)
-            .list_metadata(&params)
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter_map(|o| o.metadata.name)
-            .collect(),
+    let mut names = match want {
+        Want::Objects => names_of(Api::<CraneReplicaSet>::namespaced(client, &namespace)).await?,
+        Want::Namespaces => names_of(Api::<Namespace>::all(client)).await?,
         _ => return None,
     };
     names.sort();
     Some(names.into_iter().map(|n| (n, String::new())).collect())
+}
+
+/// The names of the objects `api` lists (their metadata only: one whose body does not
+/// decode is still named).
+async fn names_of<K>(api: Api<K>) -> Option<Vec<String>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let listed = api.list_metadata(&ListParams::default()).await.ok()?;
+    Some(
+        listed
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect(),
+    )
 }
 
 /// The contexts of the kubeconfig the words (or KUBECONFIG) choose.

@@ -5,6 +5,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Client, ResourceExt};
 
 use super::{object_and_pods, table};
@@ -244,10 +245,8 @@ fn service(c: &CraneReplicaSet) -> String {
         return "none (spec.service.enabled is false)".into();
     }
     let target = match crate::service::target_port(c) {
-        Ok(port) => match port {
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
-        },
+        Ok(IntOrString::Int(n)) => n.to_string(),
+        Ok(IntOrString::String(name)) => name,
         Err(e) => format!("? ({e})"),
     };
     format!(

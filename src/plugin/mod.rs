@@ -237,7 +237,8 @@ async fn object_and_pods(
         .list(&ListParams::default().labels(&format!("{OWNER_LABEL}={name}")))
         .await
         .with_context(|| format!("listing the pods of {name}"))?;
-    Ok((crs.clone(), controlled_pods(&crs, listed.items)))
+    let pods = controlled_pods(&crs, listed.items);
+    Ok((crs, pods))
 }
 
 /// The pods of `pods` that `crs` controls (by its UID, as the controller counts them), by

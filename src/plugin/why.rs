@@ -60,9 +60,10 @@ pub fn explain(c: &CraneReplicaSet, pods: &[Pod]) -> String {
             out.push_str(&format!("  {}   {}\n", f.name, pod_status(p, f)));
         }
         let example = silent.first().map(|(_, f)| f.name.as_str()).unwrap_or("");
+        // diagnostics' hint for a reason it does not know: describe the pod.
         out.push_str(&format!(
             "  hint: starting, or a readiness probe fails: {}\n",
-            hint("", example).trim_start_matches("see ")
+            hint("", example)
         ));
     }
     let st = c.status.clone().unwrap_or_default();
@@ -166,7 +167,7 @@ ImagePullBackOff (2 pods):
         let c = observed(1);
         let text = explain(&c, &[pod("crane-a", json!({"running": {}}), false)]);
         assert!(
-            text.contains("Not ready, no reason reported (1 pod):\n  crane-a   Running\n  hint: starting, or a readiness probe fails: `kubectl describe pod crane-a`\n"),
+            text.contains("Not ready, no reason reported (1 pod):\n  crane-a   Running\n  hint: starting, or a readiness probe fails: see `kubectl describe pod crane-a`\n"),
             "{text}"
         );
     }

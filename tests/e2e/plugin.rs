@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -80,12 +79,8 @@ async fn run_makes_the_books_crane_replica_set_and_its_service_and_refuses_it_tw
     assert!(managers.contains(&"kubectl-crane".into()), "{managers:?}");
 
     env.wait_ready("crane", 2, LONG).await;
-    let service: Service = wait_for("the Service crane-http", LONG, || async {
-        let api = env.services();
-        api.get_opt("crane-http")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "not yet".to_string())
+    let service = wait_for("the Service crane-http", LONG, || {
+        crate::service::service(&env, "crane-http")
     })
     .await;
     let spec = service.spec.unwrap_or_default();
@@ -129,12 +124,8 @@ async fn get_shows_the_counts_the_address_and_each_pod() {
     let pods = env.wait_ready("crane", 2, LONG).await;
     // What a cloud controller does once the load balancer exists (this namespace has the
     // local cluster's allocator off).
-    wait_for("the Service crane-http", LONG, || async {
-        env.services()
-            .get_opt("crane-http")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "not yet".to_string())
+    wait_for("the Service crane-http", LONG, || {
+        crate::service::service(&env, "crane-http")
     })
     .await;
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}}});
