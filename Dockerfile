@@ -61,6 +61,10 @@ COPY --from=planner /build/recipe.json recipe.json
 RUN . /build/target.env \
     && cargo chef cook --release --locked --target "$TARGET" --recipe-path recipe.json --bin crane-operator
 COPY . .
+# The git commit for --version and the build_info metric (build.rs; .git is not in the
+# context): `--build-arg CRANE_GIT_COMMIT=$(git rev-parse HEAD)`, else "unknown". Declared
+# after the dependencies' layer, which a new commit must not rebuild.
+ARG CRANE_GIT_COMMIT=unknown
 RUN . /build/target.env \
     && cargo build --release --locked --target "$TARGET" --bin crane-operator \
     && file "target/$TARGET/release/crane-operator" | grep static >/dev/null \

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo dashboard test lint unit chart incluster e2e chaos crd bench bench-fleet bench-smoke build image deploy
+.PHONY: help cluster cluster-down run demo dashboard install-plugin test lint unit chart incluster e2e chaos crd bench bench-fleet bench-smoke build image deploy
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,6 +32,11 @@ demo: ## The book's walk-through, narrated (uses the operator of make run, or st
 
 dashboard: ## The live web view of CraneReplicaSets on http://127.0.0.1:8001 (local cluster unless KUBECONFIG is set)
 	hack/dashboard.sh
+
+PREFIX ?= $(HOME)/.local
+
+install-plugin: ## kubectl-crane (the kubectl plugin: kubectl crane run/get/why/restart/dashboard) and its completion kubectl_complete-crane into PREFIX/bin (default ~/.local/bin)
+	hack/install-plugin.sh "$(PREFIX)"
 
 crd: ## Regenerate manifests/crd.yaml and the chart's copy from the Rust types
 	$(CARGO) run --quiet --locked -- crd > manifests/crd.yaml

@@ -4,7 +4,18 @@
 //! `diagnostics`); `expectations` is the record, shared by the pod watch and the passes, of
 //! writes not yet seen; `controller` runs them against the API server.
 
+/// The git commit this binary was built from (build.rs), or "unknown".
+pub const GIT_COMMIT: &str = env!("CRANE_GIT_COMMIT");
+/// What `--version` prints after the binary's name: the package version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CRANE_GIT_COMMIT"),
+    ")"
+);
+
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod controller;
@@ -16,10 +27,12 @@ pub mod expectations;
 pub mod leader;
 pub mod metrics;
 pub mod planner;
+pub mod plugin;
 pub mod pod_cache;
 pub mod pods;
 pub mod probe;
 pub mod recorder;
+pub mod restart;
 pub mod service;
 pub mod status;
 pub mod telemetry;

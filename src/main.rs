@@ -1,18 +1,23 @@
-//! `crane-operator`: `run` the controller, or print the `crd`.
+//! `crane-operator`: `run` the controller, print the `crd`, serve the `dashboard`; installed
+//! as `kubectl-crane`, the kubectl plugin (src/plugin).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use crane_operator::cli::{ClusterArgs, Shell, completion_script, kube_config, termination};
 use crane_operator::client;
 use crane_operator::controller::{self, Config};
+use crane_operator::dashboard::launch::DashboardArgs;
 use crane_operator::leader::{self, Elector, Timings};
 use crane_operator::metrics::{self, Health, Metrics};
+use crane_operator::plugin::{self, Invocation};
 use crane_operator::probe;
 use crane_operator::telemetry::{self, LogFormat};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 /// The Lease that operator replicas compete for.
@@ -21,7 +26,7 @@ const LEASE_NAME: &str = "crane-operator-leader";
 #[derive(Parser)]
 #[command(
     name = "crane-operator",
-    version,
+    version = crane_operator::VERSION,
     about = "Keeps N pods of a template alive and exposes them: the ReplicationController of Kubernetes in Action as a CraneReplicaSet"
 )]
 struct Cli {
@@ -40,39 +45,12 @@ enum Command {
     /// Serve a live web view of CraneReplicaSets on 127.0.0.1, with your kubeconfig's rights
     /// (also `kubectl crane dashboard`, installed as the plugin kubectl-crane).
     Dashboard(DashboardArgs),
-}
-
-#[derive(clap::Args)]
-struct DashboardArgs {
-    /// Port to serve on.
-    #[arg(long, default_value_t = 8001)]
-    port: u16,
-    /// Address to serve on; anything but loopback lets others act with your rights.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: std::net::IpAddr,
-    /// Show this namespace (default: the kubeconfig context's, else `default`).
-    #[arg(short, long, conflicts_with = "all_namespaces")]
-    namespace: Option<String>,
-    /// Show every namespace.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
-    /// Open the page in the browser (xdg-open, or open on macOS).
-    #[arg(long)]
-    open: bool,
-    #[command(flatten)]
-    cluster: ClusterArgs,
-}
-
-/// Which cluster, as kubectl chooses it.
-#[derive(clap::Args)]
-struct ClusterArgs {
-    /// The kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the in-cluster
-    /// configuration, as kubectl).
-    #[arg(long, env = "CRANE_KUBECONFIG")]
-    kubeconfig: Option<std::path::PathBuf>,
-    /// The kubeconfig context to use (default: its current context).
-    #[arg(long, env = "CRANE_CONTEXT")]
-    context: Option<String>,
+    /// Print the shell completion script of crane-operator (e.g. `source <(crane-operator
+    /// completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -130,8 +108,16 @@ struct RunArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match parse_command_line().command {
+async fn main() -> anyhow::Result<ExitCode> {
+    // One binary under three names: kubectl-crane is the kubectl plugin, and
+    // kubectl_complete-crane completes it for kubectl.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    match Invocation::of(argv.first().map(OsString::as_os_str)) {
+        Invocation::Plugin => return Ok(plugin::main(argv).await),
+        Invocation::Completion => return Ok(plugin::complete(argv).await),
+        Invocation::Operator => {}
+    }
+    let done = match Cli::parse_from(argv).command {
         Command::Crd => {
             print!("{}", crane_operator::api::crd_yaml());
             Ok(())
@@ -142,120 +128,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
-        Command::Dashboard(args) => dashboard(args).await,
-    }
-}
-
-async fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
-    use crane_operator::dashboard::{self, view::Scope};
-    telemetry::init(LogFormat::Text);
-    let config = kube_config(&args.cluster).await?;
-    let scope = match (args.all_namespaces, args.namespace) {
-        (true, _) => Scope::All,
-        (false, Some(ns)) => Scope::Namespace(ns),
-        (false, None) => Scope::Namespace(config.default_namespace.clone()),
-    };
-    let client = client::build(config).context("could not set up the API client")?;
-    let address = SocketAddr::new(args.address, args.port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot serve the dashboard on {address} (is it running already? choose another --port)"))?;
-    let token = dashboard::Token::generate().context("no random token from the OS")?;
-    let url = match address.ip() {
-        ip if ip.is_unspecified() => format!("http://127.0.0.1:{}/", address.port()),
-        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}/", address.port()),
-        ip => format!("http://{ip}:{}/", address.port()),
-    };
-    let url = format!("{url}?{}={}", dashboard::TOKEN_PARAMETER, token.as_str());
-    let what = match &scope {
-        Scope::All => "all namespaces".to_string(),
-        Scope::Namespace(ns) => format!("namespace {ns}"),
-    };
-    println!("crane-operator dashboard of {what}: {url} (Ctrl-C to stop)");
-    if !address.ip().is_loopback() {
-        println!(
-            "warning: serving on {address}: whoever reaches it acts on the cluster with your kubeconfig's rights"
-        );
-    }
-    // Kept until the dashboard stops: the browser may read it late.
-    let _redirect = args.open.then(|| open_browser(&url)).flatten();
-    let cluster = dashboard::Cluster::start(client, scope);
-    let stop = futures::FutureExt::shared(Box::pin(termination()));
-    // An open page's event stream never ends by itself: a graceful shutdown would wait for
-    // the browser tab forever. Requests in flight get a second.
-    let abandon = {
-        let stop = stop.clone();
-        async move {
-            stop.await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
-    tokio::select! {
-        served = dashboard::serve(listener, cluster, token, stop) => served.context("serving the dashboard"),
-        () = abandon => Ok(()),
-    }
-}
-
-/// Opens `url` in the user's browser through a redirect page of the user's own, or says
-/// how to.
-fn open_browser(url: &str) -> Option<crane_operator::dashboard::Redirect> {
-    let opener = if cfg!(target_os = "macos") {
-        "open"
-    } else {
-        "xdg-open"
-    };
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(std::path::PathBuf::from)
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let redirect = match crane_operator::dashboard::Redirect::create(&dir, url) {
-        Ok(redirect) => redirect,
-        Err(e) => {
-            println!(
-                "could not write a page for the browser in {}: {e}: open the URL above in your browser",
-                dir.display()
+        Command::Dashboard(args) => crane_operator::dashboard::launch::launch(args).await,
+        Command::Completion { shell } => {
+            print!(
+                "{}",
+                completion_script(shell, Cli::command(), "crane-operator")
             );
-            return None;
+            Ok(())
         }
     };
-    let opened = std::process::Command::new(opener)
-        .arg(redirect.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    if opened.is_err() {
-        println!("could not run {opener}: open the URL above in your browser");
-        return None;
-    }
-    Some(redirect)
-}
-
-/// The command line; as the kubectl plugin `kubectl-crane` (krew's naming), usage and
-/// errors say `kubectl crane`.
-fn parse_command_line() -> Cli {
-    let invoked_as = std::env::args_os()
-        .next()
-        .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let mut command = Cli::command();
-    if invoked_as.as_deref() == Some("kubectl-crane") {
-        command = command.bin_name("kubectl crane").name("kubectl crane");
-    }
-    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn termination() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing reconciles in flight, then exiting"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing reconciles in flight, then exiting"),
-    }
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -356,31 +238,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster to talk to: `--kubeconfig`/`--context` when given, else kubectl's rules
-/// (KUBECONFIG, ~/.kube/config, then the in-cluster configuration).
-async fn kube_config(args: &ClusterArgs) -> anyhow::Result<kube::Config> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    match (&args.kubeconfig, &args.context) {
-        (Some(path), _) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable", path.display()))
-        }
-        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .with_context(|| format!("no usable kubeconfig context {context}")),
-        (None, None) => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration: set KUBECONFIG, or run inside a cluster"),
-    }
-}
-
 /// A duration as kube-controller-manager's flags take it: `15s`, `500ms`, `2m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
@@ -478,6 +335,25 @@ mod tests {
 
     /// Polls `check` (the paused clock moves on while the tasks under test wait); fails
     /// after a second.
+    #[test]
+    fn the_version_names_the_commit_the_binary_was_built_from() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+        let commit = head.unwrap_or_else(|| "unknown".into());
+        assert_eq!(
+            Cli::command().render_version().trim(),
+            format!(
+                "crane-operator {} (commit {commit})",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
     #[test]
     fn the_metrics_address_may_be_ipv6() {
         let args = run_args(&["--metrics-addr", "[::]:8080"]).unwrap();

@@ -50,6 +50,8 @@ pub const ERROR_REASONS: [&str; 9] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
+    /// The git commit the binary was built from (`--version` prints it too).
+    pub commit: &'static str,
 }
 
 /// One API request, as client-go's `rest_client_requests_total` counts them.
@@ -176,12 +178,13 @@ impl Default for Metrics {
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "build_info",
-            "1, labelled with the operator's version",
+            "1, labelled with the operator's version and git commit",
             build_info.clone(),
         );
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: crate::GIT_COMMIT,
             })
             .set(1);
         let reconcile_retries = Counter::default();
@@ -623,8 +626,9 @@ mod tests {
     fn build_info_workers_retries_and_api_requests_exist_from_the_start() {
         let text = Metrics::default().encode();
         let build = format!(
-            "crane_operator_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "crane_operator_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
         );
         for name in [
             build.as_str(),

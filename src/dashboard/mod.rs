@@ -9,6 +9,7 @@
 //! [`Token`], in the printed URL's `?token=` or in the cookie the first page sets, as
 //! Jupyter does; without it, 403.
 
+pub mod launch;
 pub mod view;
 
 use std::collections::BTreeMap;
@@ -30,14 +31,14 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::api::{CraneReplicaSet, UpdateStrategyType};
+use crate::api::CraneReplicaSet;
 use crate::controller::{api_for, watch_config};
 use crate::decode::Decoded;
 use crate::service::OWNER_LABEL;
@@ -48,13 +49,8 @@ use view::{Scope, Snapshot};
 pub const ACTION_HEADER: &str = "x-crane-dashboard";
 /// The query parameter of the printed URL that carries the token.
 pub const TOKEN_PARAMETER: &str = "token";
-/// kubectl rollout restart's annotation, set on the pod template.
-const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// Changes are gathered this long before the open pages are re-rendered.
 const COALESCE: Duration = Duration::from_millis(50);
-/// Reads of an object a restart makes before it gives up on an object that keeps changing
-/// (its status is written while its pods change).
-const RESTART_ATTEMPTS: usize = 3;
 /// Ages on an open page are brought up to date this often without any change.
 const REFRESH: Duration = Duration::from_secs(5);
 
@@ -619,51 +615,17 @@ async fn scale(
     }
 }
 
-/// Why a restart of `crs` is refused: only a RollingUpdate object replaces its pods when
-/// its template changes (the page disables its button with this reason; a request from
-/// elsewhere gets it as a 409).
-fn restart_refused(crs: &CraneReplicaSet) -> Option<String> {
-    (crs.spec.update_strategy.type_ != UpdateStrategyType::RollingUpdate).then(|| {
-        format!(
-            "{} has updateStrategy OnDelete: a restart would replace no pod (delete its pods instead)",
-            crs.name_any()
-        )
-    })
-}
-
-/// Restarts `name` if, as the API server has it now, it is a RollingUpdate object: the page
-/// and the cache may be a moment behind a strategy just changed. The patch applies only to
-/// the version that was read (its resourceVersion); when the object changed in between, it
-/// is read and decided again.
+/// Restarts `name` through [`crate::restart`]: a refusal, or an object that kept changing,
+/// is a 409 with the reason.
 async fn restart(State(s): State<Shared>, Path((ns, name)): Path<(String, String)>) -> Response {
     let api: Api<CraneReplicaSet> = Api::namespaced(s.cluster.client.clone(), &ns);
-    for _ in 0..RESTART_ATTEMPTS {
-        let crs = match api.get(&name).await {
-            Ok(crs) => crs,
-            Err(e) => return api_failure(e),
-        };
-        if let Some(refused) = restart_refused(&crs) {
-            return failure(StatusCode::CONFLICT, &refused);
-        }
-        let now = jiff::Timestamp::now().to_string();
-        let patch = Patch::Merge(json!({
-            "metadata": { "resourceVersion": crs.resource_version() },
-            "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: now } } } }
-        }));
-        match api.patch(&name, &PatchParams::default(), &patch).await {
-            Ok(_) => {
-                return done(format!(
-                    "{name} restarting: its pods are replaced a few at a time"
-                ));
-            }
-            Err(kube::Error::Api(e)) if e.code == StatusCode::CONFLICT.as_u16() => {}
-            Err(e) => return api_failure(e),
-        }
+    match crate::restart::restart(&api, &name).await {
+        Ok(_) => done(format!(
+            "{name} restarting: its pods are replaced a few at a time"
+        )),
+        Err(crate::restart::Error::Api(e)) => api_failure(e),
+        Err(refused) => failure(StatusCode::CONFLICT, &refused.to_string()),
     }
-    failure(
-        StatusCode::CONFLICT,
-        &format!("{name} kept changing while it was being restarted: try again"),
-    )
 }
 
 #[derive(Deserialize)]
@@ -708,6 +670,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::UpdateStrategyType;
     use axum::body::Body;
     use http::{HeaderMap, Method};
     use tower::ServiceExt as _;
@@ -1016,7 +979,8 @@ mod tests {
         );
         assert_eq!(patch["metadata"]["resourceVersion"], "2", "{patch:#}");
         assert!(
-            patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string(),
+            patch["spec"]["template"]["metadata"]["annotations"][crate::restart::RESTARTED_AT]
+                .is_string(),
             "{patch:#}"
         );
     }
@@ -1190,23 +1154,5 @@ mod tests {
         let own = Hosts::for_address("[fd00::7]:8001".parse().unwrap());
         assert!(own.allows("[fd00::7]:8001"));
         assert!(!own.allows("10.0.0.7:8001"), "only its own address");
-    }
-
-    #[test]
-    fn only_a_rolling_update_object_is_restarted() {
-        let object = |strategy| {
-            let mut crs = crate::api::fixtures::crane(1);
-            crs.spec.update_strategy.type_ = strategy;
-            crs
-        };
-        assert_eq!(
-            restart_refused(&object(UpdateStrategyType::RollingUpdate)),
-            None
-        );
-        let refused = restart_refused(&object(UpdateStrategyType::OnDelete)).expect("refused");
-        assert!(
-            refused.contains("crane has updateStrategy OnDelete"),
-            "{refused}"
-        );
     }
 }

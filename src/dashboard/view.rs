@@ -339,7 +339,7 @@ fn cannot_read(bad: &Undecodable) -> Markup {
 }
 
 /// One word for the object's state, from its kstatus conditions.
-fn summary(c: &CraneReplicaSet) -> &'static str {
+pub fn summary(c: &CraneReplicaSet) -> &'static str {
     let st = c.status.as_ref();
     let current = st.and_then(|s| s.observed_generation) == c.metadata.generation;
     let is = |t: &str| {
@@ -362,7 +362,9 @@ fn summary(c: &CraneReplicaSet) -> &'static str {
     }
 }
 
-fn pod_status(p: &Pod, facts: &PodFacts) -> String {
+/// A pod's STATUS as `kubectl get pods` shows it: Terminating, the reason it is not
+/// ready, or its phase.
+pub fn pod_status(p: &Pod, facts: &PodFacts) -> String {
     if facts.terminating {
         return "Terminating".into();
     }
@@ -375,7 +377,8 @@ fn pod_status(p: &Pod, facts: &PodFacts) -> String {
         .unwrap_or_else(|| "Pending".into())
 }
 
-fn ready_count(p: &Pod) -> String {
+/// A pod's READY as `kubectl get pods` shows it: ready containers of all.
+pub fn ready_count(p: &Pod) -> String {
     let containers = p.spec.as_ref().map_or(0, |s| s.containers.len());
     let ready = p
         .status
@@ -443,7 +446,7 @@ pub fn detail(s: &Snapshot, ns: &str, name: &str) -> Markup {
                 input #replicas type="number" min="0" name="replicas" value=(c.spec.replicas) required;
                 button #scale-submit type="submit" { "Scale" }
             }
-            @let refused = super::restart_refused(c);
+            @let refused = crate::restart::refused(c);
             button #restart type="button" data-namespace=(ns) data-name=(name) disabled[refused.is_some()]
                 title=(refused.as_deref().unwrap_or("Replace every pod, a few at a time")) { "Restart" }
         }

@@ -26,40 +26,37 @@ impl Drop for Process {
 }
 
 /// How the dashboard is started.
-enum Invocation {
+pub(crate) enum Invocation {
     Binary,
     /// `kubectl crane dashboard`: the binary installed as the kubectl plugin `kubectl-crane`.
     KubectlPlugin,
 }
 
 /// A running dashboard.
-struct Dashboard {
+pub(crate) struct Dashboard {
     process: Process,
     /// `http://127.0.0.1:PORT`, without the token.
-    base: String,
+    pub(crate) base: String,
     /// The URL it printed: `http://127.0.0.1:PORT/?token=...`.
     printed: String,
     /// `token=...`, the printed URL's query.
-    token: String,
+    pub(crate) token: String,
 }
 
 /// `crane-operator dashboard` for `namespace` with `kubeconfig`, once it serves.
-async fn dashboard(namespace: &str, kubeconfig: &std::path::Path, how: Invocation) -> Dashboard {
+pub(crate) async fn dashboard(
+    namespace: &str,
+    kubeconfig: &std::path::Path,
+    how: Invocation,
+) -> Dashboard {
     let port = free_port();
     let (log, out) = new_log(&format!("dashboard-{namespace}-{port}.log"));
     let binary = env!("CARGO_BIN_EXE_crane-operator");
     let mut command = match how {
         Invocation::Binary => Command::new(binary),
         Invocation::KubectlPlugin => {
-            let plugins = repo_root().join(format!("target/e2e-plugins-{port}"));
-            std::fs::create_dir_all(&plugins).expect("create the plugin directory");
-            std::os::unix::fs::symlink(binary, plugins.join("kubectl-crane"))
-                .expect("install the kubectl-crane plugin");
-            let path = std::env::var("PATH").unwrap_or_default();
             let mut kubectl = Command::new("kubectl");
-            kubectl
-                .arg("crane")
-                .env("PATH", format!("{}:{path}", plugins.display()));
+            kubectl.arg("crane").env("PATH", path_with_plugin());
             kubectl
         }
     };

@@ -806,8 +806,50 @@ impl Operator {
 /// Runs a command from PATH (helm, kubectl) against the test cluster, with `stdin` piped in
 /// when given; returns stdout on success, stderr (plus stdout) on failure.
 pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    run_command(Command::new(program), program, args, stdin)
+}
+
+/// `kubectl crane ARGS` against the test cluster, kubectl finding the plugin on PATH as
+/// `make install-plugin` installs it; stdout on success, stderr (plus stdout) on failure.
+pub fn kubectl_crane(args: &[&str]) -> Result<String, String> {
+    let mut kubectl = Command::new("kubectl");
+    kubectl.env("PATH", path_with_plugin()).arg("crane");
+    run_command(kubectl, "kubectl crane", args, None)
+}
+
+/// PATH with [`plugin_dir`] first.
+pub fn path_with_plugin() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!("{}:{path}", plugin_dir().display())
+}
+
+/// A directory holding the binary as `make install-plugin` installs it: kubectl-crane and
+/// kubectl_complete-crane (made once per test process).
+pub fn plugin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join(format!("target/e2e-plugins/{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the plugin directory");
+        for name in ["kubectl-crane", "kubectl_complete-crane"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_crane-operator"), &link)
+                .unwrap_or_else(|e| panic!("install {}: {e}", link.display()));
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Runs `command` (`program`, for messages) with `args` against the test cluster.
+fn run_command(
+    mut command: Command,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, String> {
     use std::io::Write;
-    let mut child = Command::new(program)
+    let mut child = command
         .args(args)
         .env("KUBECONFIG", kubeconfig_path())
         .stdin(if stdin.is_some() {

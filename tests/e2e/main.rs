@@ -10,6 +10,7 @@ mod kstatus;
 mod operations;
 mod ownership;
 mod placement;
+mod plugin;
 mod poison;
 mod rbac;
 mod replicas;

@@ -11,7 +11,8 @@ use serde_json::json;
 use crate::harness::*;
 
 /// The Service as it is, or why not.
-async fn service(env: &TestEnv, name: &str) -> Result<Service, String> {
+/// The Service `name` of `env`'s namespace, or that there is none yet, for `wait_for`.
+pub(crate) async fn service(env: &TestEnv, name: &str) -> Result<Service, String> {
     env.services()
         .get_opt(name)
         .await
