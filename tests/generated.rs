@@ -106,13 +106,13 @@ mod chart_queries {
     #[test]
     fn the_alerts_query_only_exported_metrics() {
         let file = "charts/crane-operator/files/alerts.yaml";
-        let rules: serde_yaml::Value =
-            serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let rules: serde_json::Value =
+            serde_saphyr::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let exprs: Vec<String> = rules["groups"]
-            .as_sequence()
+            .as_array()
             .expect("groups")
             .iter()
-            .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+            .flat_map(|g| g["rules"].as_array().expect("rules").iter())
             .map(|r| r["expr"].as_str().expect("expr").to_string())
             .collect();
         assert_all_exported(file, &exprs);

@@ -20,7 +20,6 @@ use std::collections::BTreeSet;
 
 use kube::ResourceExt;
 use kube::api::DeleteParams;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::harness::*;
@@ -101,10 +100,8 @@ fn helm_template(ns: &str, scope: Scope) -> Vec<Value> {
         Scope::ClusterWide => args.extend(["--set", fullname.as_str()]),
     }
     let yaml = run_tool("helm", &args, None).unwrap_or_else(|e| panic!("helm {args:?}: {e}"));
-    serde_yaml::Deserializer::from_str(&yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm renders YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
+    // Empty documents (a template that renders nothing) are skipped.
+    serde_saphyr::from_multiple(&yaml).expect("helm renders YAML")
 }
 
 fn kind_of(obj: &Value) -> &str {
@@ -216,7 +213,7 @@ async fn scenario(test: &str, scope: Scope) {
     );
     let yaml: String = objects
         .iter()
-        .map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("YAML")))
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
         .collect();
     env.kubectl_result(&["apply", "-f", "-"], Some(&yaml))
         .unwrap_or_else(|e| panic!("apply the chart's ServiceAccount and RBAC: {e}"));
