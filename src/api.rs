@@ -31,6 +31,7 @@ use serde_json::{Value, json};
     category = "all",
     category = "crane",
     namespaced,
+    doc = "A CraneReplicaSet keeps spec.replicas pods of spec.template running, as a ReplicationController does: a pod that is deleted or fails is replaced, and kubectl scale adds or removes pods. It also creates the Service of spec.service (a LoadBalancer on port 8080 by default) in front of them. The status counts the pods as a ReplicaSet's does, and its Ready, Reconciling and Stalled conditions follow kstatus.",
     status = "CraneReplicaSetStatus",
     derive = "PartialEq",
     scale(
