@@ -10,7 +10,8 @@
 #     parsed, apart from the labels only Helm sets), and the chart's CRD equals
 #     manifests/crd.yaml apart from its labels and helm.sh/resource-policy: keep;
 #   - on the cluster (KUBECONFIG, else the local one: make cluster): the render, also with
-#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`; helm
+#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`, and so
+#     does a client-side `kubectl apply` of manifests/crd.yaml (as the README says); helm
 #     install --wait, helm upgrade with changed values, helm uninstall, after which the CRD
 #     is still there.
 # The release and its namespace are both "crane-chart-test"; the namespace enforces the
@@ -179,6 +180,17 @@ dry_run() {
   # PSA warnings (restricted) are not failures of kubectl apply: make them failures.
   ! grep -qi 'warning' "$work/out" || { why=$(grep -i warning "$work/out" | head -n 3 | tr '\n' ' '); return 1; }
   note="$(grep -c . "$work/out") objects"
+}
+
+# The README says plain (client-side) `kubectl apply` installs the CRD: its copy in the
+# last-applied-configuration annotation fits the API server's 256 KiB for annotations.
+crd_client_side_apply() {
+  k apply --dry-run=server -f "$root/manifests/crd.yaml" -o json >"$work/crd.json" 2>"$work/err" ||
+    { why=$(first 4 "$work/err"); return 1; }
+  local size
+  size=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]))' \
+    "$work/crd.json" 2>"$work/err") || { why="no last-applied-configuration in the answer: $(first 2 "$work/err")"; return 1; }
+  note="its last-applied copy: $((size / 1024)) KiB of 256"
 }
 
 deployment_available() {
@@ -397,6 +409,7 @@ check "server dry-run of the render: defaults (ClusterRole)" dry_run
 check "server dry-run of the render: watchNamespace=$ns (Role)" dry_run --set watchNamespace="$ns"
 check "server dry-run of the render: every knob of tests/chart/knobs.yaml" dry_run -f "$here/knobs.yaml"
 check "server dry-run of the render: replicaCount=2, rbac.create=false" dry_run --set replicaCount=2 --set rbac.create=false --set serviceAccount.create=false
+check "client-side kubectl apply of manifests/crd.yaml (server dry run)" crd_client_side_apply
 check "helm install --wait --take-ownership" install
 check "Deployment available (1 replica)" available 1
 check "the release owns the CRD, with resource-policy keep" crd_owned_by_release
