@@ -163,6 +163,30 @@ dashboard_rendered() {
   fi
 }
 
+# labelled LABEL VALUE [--set K=V ...]: every object of the render, and every pod template,
+# carries LABEL=VALUE, and no selector uses it (tests/chart/compare.py labelled).
+labelled() {
+  local label=$1 value=$2
+  shift 2
+  render "$@" || return 1
+  compare labelled "$work/render.yaml" "$label" "$value"
+}
+
+# leases_apart: two releases in one namespace (each watching its own, say) compete for
+# two Leases, and each release's Role grants exactly the Lease its operator is told.
+leases_apart() {
+  local r lease out leases=()
+  for r in one two; do
+    helm template "$r" "$chart" --namespace "$ns" >"$work/$r.yaml" 2>"$work/err" || { why=$(first 3 "$work/err"); return 1; }
+    lease=$(grep -o -- '--leader-elect-lease-name=.*' "$work/$r.yaml" | cut -d= -f2)
+    out=$(python3 "$here/compare.py" value "$work/$r.yaml" "Role/$r-crane-operator-leader-election" 'rules[1].resourceNames' "[\"$lease\"]" 2>&1) ||
+      { why="release $r, told the Lease '$lease': $out"; return 1; }
+    leases+=("$lease")
+  done
+  [ "${leases[0]}" != "${leases[1]}" ] || { why="both releases are told the Lease '${leases[0]}'"; return 1; }
+  note="${leases[*]}"
+}
+
 # --- checks on the cluster ---------------------------------------------------------------
 
 reachable() {
@@ -312,6 +336,40 @@ check "helm lint --strict: every knob of tests/chart/knobs.yaml" lint -f "$here/
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
 check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
 check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
+sm_always='--set serviceMonitor.enabled=true --set serviceMonitor.renderMode=alwaysRender'
+pr_always='--set prometheusRule.enabled=true --set prometheusRule.renderMode=alwaysRender'
+# shellcheck disable=SC2086 # the two words of each pair of --set
+check "serviceMonitor.renderMode=alwaysRender: rendered without the monitoring API" renders ServiceMonitor 'spec.endpoints[0].port' '"http-metrics"' $sm_always
+check "serviceMonitor.renderMode=failIfMissing: refused without the monitoring API" refused "does not serve monitoring.coreos.com/v1 ServiceMonitor.*failIfMissing" \
+  --set serviceMonitor.enabled=true --set serviceMonitor.renderMode=failIfMissing
+check "serviceMonitor.renderMode=failIfMissing: rendered where the API is served" renders ServiceMonitor 'spec.endpoints[0].port' '"http-metrics"' \
+  --set serviceMonitor.enabled=true --set serviceMonitor.renderMode=failIfMissing --api-versions monitoring.coreos.com/v1/ServiceMonitor
+# shellcheck disable=SC2086
+check "prometheusRule.renderMode=alwaysRender: rendered without the monitoring API" renders PrometheusRule 'spec.groups[0].rules[0].alert' \
+  "\"$(hack/field.py "$chart/files/alerts.yaml" groups 0 rules 0 alert)\"" $pr_always
+check "prometheusRule.renderMode=failIfMissing: refused without the monitoring API" refused "does not serve monitoring.coreos.com/v1 PrometheusRule.*failIfMissing" \
+  --set prometheusRule.enabled=true --set prometheusRule.renderMode=failIfMissing
+check "schema refuses serviceMonitor.renderMode=sometimes" refused "serviceMonitor/renderMode.*must be one of" --set serviceMonitor.renderMode=sometimes
+# shellcheck disable=SC2086
+check "commonLabels: on every object and pod template, in no selector" labelled team platform --set commonLabels.team=platform \
+  --set podDisruptionBudget.enabled=true --set networkPolicy.enabled=true --set dashboards.enabled=true $sm_always $pr_always
+check "commonLabels: with watchNamespace (Role) too" labelled team platform --set commonLabels.team=platform --set watchNamespace=crane-watched
+check "chart refuses commonLabels that repeat its own (app.kubernetes.io/name)" refused "commonLabels.app.kubernetes.io/name: the chart sets" \
+  --set 'commonLabels.app\.kubernetes\.io/name=other'
+check "schema refuses a commonLabels value that is not a string" refused "commonLabels/team.*string" --set-json 'commonLabels={"team":1}'
+check "extraObjects: a mapping, through tpl" renders ConfigMap metadata.name "\"$release-extra\"" \
+  --set-json 'extraObjects=[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"{{ .Release.Name }}-extra"}}]'
+check "extraObjects: a string, through tpl" renders ConfigMap data.namespace "\"$ns\"" \
+  --set-json 'extraObjects=["apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  namespace: {{ .Release.Namespace }}\n"]'
+check "schema refuses an extraObjects item without a kind" refused "extraObjects/0" --set-json 'extraObjects=[{"apiVersion":"v1"}]'
+check "enableServiceLinks: false on the operator pods" renders Deployment spec.template.spec.enableServiceLinks false
+check "enableServiceLinks: true on the helm test pod (it reads the Service's address)" renders Pod spec.enableServiceLinks true
+check "the Lease is named after the release, and the Role grants that one" renders Role "rules[1].resourceNames" "[\"$release-crane-operator-leader\"]"
+check "the operator is told the release's Lease" renders Deployment 'spec.template.spec.containers[0].args[4]' "\"--leader-elect-lease-name=$release-crane-operator-leader\""
+check "two releases in one namespace: two Leases" leases_apart
+check "leaderElection.leaseName: an old Lease kept for an upgrade" renders Role "rules[1].resourceNames" '["crane-operator-leader"]' \
+  --set leaderElection.leaseName=crane-operator-leader
+check "schema refuses leaderElection.leaseName=Not_A_Name" refused "leaderElection/leaseName.*pattern" --set leaderElection.leaseName=Not_A_Name
 digest=sha256:$(printf '%064d' 1)
 check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
@@ -334,7 +392,8 @@ volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
 mount='{"name":"scratch","mountPath":"/scratch"}'
 env_var='{"name":"RUST_BACKTRACE","value":"1"}'
 check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
-  '["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json", "--leader-elect", "--x=1"]' --set 'extraArgs[0]=--x=1'
+  "[\"run\", \"--metrics-addr=0.0.0.0:8080\", \"--log-format=json\", \"--leader-elect\", \"--leader-elect-lease-name=$release-crane-operator-leader\", \"--x=1\"]" \
+  --set 'extraArgs[0]=--x=1'
 check "extraEnv: after the chart's own" renders Deployment 'spec.template.spec.containers[0].env[-1]' "$env_var" --set-json "extraEnv=[$env_var]"
 check "extraVolumes: on the pods" renders Deployment spec.template.spec.volumes "[$volume]" --set-json "extraVolumes=[$volume]"
 check "extraVolumeMounts: on the container" renders Deployment 'spec.template.spec.containers[0].volumeMounts' "[$mount]" --set-json "extraVolumeMounts=[$mount]"

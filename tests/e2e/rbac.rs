@@ -25,7 +25,6 @@ use serde_json::Value;
 use crate::harness::*;
 
 const CHART: &str = "charts/crane-operator";
-const LEASE: &str = "crane-operator-leader";
 
 /// The rules the chart grants in the watched namespace(s), as (apiGroup, resource,
 /// resourceNames, verbs): exactly the verbs the operator uses (README, "Security and
@@ -37,11 +36,13 @@ const OPERATOR_RULES: &[(&str, &str, &str, &str)] = &[
     ("", "services", "", "create delete get list patch watch"),
     ("events.k8s.io", "events", "", "create patch"),
 ];
-/// And in the release namespace, for leader election.
-const LEADER_RULES: &[(&str, &str, &str, &str)] = &[
-    ("coordination.k8s.io", "leases", "", "create"),
-    ("coordination.k8s.io", "leases", LEASE, "get update"),
-];
+/// And in the release namespace, for leader election, on the release's own Lease.
+fn leader_rules(lease: &str) -> BTreeSet<(String, String, String, String)> {
+    expected(&[
+        ("coordination.k8s.io", "leases", "", "create"),
+        ("coordination.k8s.io", "leases", lease, "get update"),
+    ])
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Scope {
@@ -196,11 +197,17 @@ async fn scenario(test: &str, scope: Scope) {
         );
         assert_eq!(role["metadata"]["namespace"], ns.as_str());
     }
+    // The Lease is the release's: `<fullname>-leader`.
+    let fullname = match scope {
+        Scope::Namespaced => "crane-operator",
+        Scope::ClusterWide => ns.as_str(),
+    };
+    let lease = format!("{fullname}-leader");
     // Minimal on paper: exactly the verbs the operator uses, no secrets, no wildcards.
     assert_eq!(rules(role), expected(OPERATOR_RULES), "{role_kind} rules");
     assert_eq!(
         rules(leader_role),
-        expected(LEADER_RULES),
+        leader_rules(&lease),
         "leader-election rules"
     );
 
@@ -223,7 +230,13 @@ async fn scenario(test: &str, scope: Scope) {
     let kubeconfig = token_kubeconfig(&ns, token.trim());
     let mut operator = Operator::start_with_kubeconfig(
         &ns,
-        &["--leader-elect", "--leader-elect-namespace", &ns],
+        &[
+            "--leader-elect",
+            "--leader-elect-namespace",
+            &ns,
+            "--leader-elect-lease-name",
+            &lease,
+        ],
         &kubeconfig,
     );
     let forbidden = |operator: &Operator| -> Vec<String> {
@@ -241,7 +254,7 @@ async fn scenario(test: &str, scope: Scope) {
 
     // Leases: create, get, update (renewals every 2 s).
     let holder = wait_for("the operator to take the leader Lease", LONG, || async {
-        env.lease_holder()
+        env.lease_holder_of(&lease)
             .await?
             .ok_or_else(|| format!("no holder; forbidden: {:?}", forbidden(&operator)))
     })
@@ -383,7 +396,10 @@ async fn scenario(test: &str, scope: Scope) {
     .await;
 
     assert_eq!(
-        env.lease_holder().await.expect("read the Lease").as_deref(),
+        env.lease_holder_of(&lease)
+            .await
+            .expect("read the Lease")
+            .as_deref(),
         Some(holder.as_str()),
         "the leader kept its Lease (renewals need leases get/update)"
     );
@@ -474,9 +490,9 @@ async fn scenario(test: &str, scope: Scope) {
         with(&["create", "services"], &n),
         with(&["create", "events.events.k8s.io"], &n),
         with(&["create", "leases.coordination.k8s.io"], &n),
-        with(&["get", &format!("leases.coordination.k8s.io/{LEASE}")], &n),
+        with(&["get", &format!("leases.coordination.k8s.io/{lease}")], &n),
         with(
-            &["update", &format!("leases.coordination.k8s.io/{LEASE}")],
+            &["update", &format!("leases.coordination.k8s.io/{lease}")],
             &n,
         ),
     ];
