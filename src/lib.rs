@@ -4,6 +4,7 @@
 //! `diagnostics`); `expectations` is the record, shared by the pod watch and the passes, of
 //! writes not yet seen; `controller` runs them against the API server.
 
+pub mod access;
 pub mod api;
 pub mod client;
 pub mod controller;

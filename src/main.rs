@@ -283,8 +283,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let client = client::build_counted(kube_config.clone(), &metrics)
         .context("could not set up the API client")?;
+    let lease = args.leader_elect.then(|| {
+        (
+            lease_namespace(&args),
+            args.leader_elect_lease_name.as_str(),
+        )
+    });
+    let lease = lease.as_ref().map(|(ns, name)| (ns.as_str(), *name));
     tokio::select! {
-        checked = controller::check_crd_served(&client, args.namespace.as_deref()) => checked?,
+        checked = controller::check_crd_served(&client, args.namespace.as_deref(), lease) => checked?,
         () = stopped(stop_rx.clone()) => return Ok(()),
     }
     let health = Arc::new(Health::default());

@@ -62,6 +62,123 @@ async fn cluster_role_suffices_and_is_minimal() {
     scenario("rbac-clusterrole", Scope::ClusterWide).await;
 }
 
+/// A start with the chart's RBAC short of one grant it cannot work without fails within
+/// seconds, naming the verb and resource and how to grant them, where it used to start
+/// anyway and retry 403s forever, Ready never: `list pods`, then `update` of the Lease.
+#[tokio::test]
+async fn a_start_short_of_a_grant_fails_at_once_naming_it() {
+    let env = TestEnv::without_operator("rbac-short").await;
+    let ns = env.ns.clone();
+    let chart = helm_template(&ns, Scope::Namespaced);
+    let sa_name = chart
+        .iter()
+        .find(|o| kind_of(o) == "ServiceAccount")
+        .map(|o| name_of(o).to_string())
+        .expect("a ServiceAccount in the render");
+    let sa = format!("system:serviceaccount:{ns}:{sa_name}");
+    let lease = "crane-operator-leader";
+    let lease_ref = format!("leases.coordination.k8s.io/{lease}");
+    let n = ["-n", ns.as_str()];
+    // (the Role, the resource, the verb taken away, `kubectl auth can-i` of it, what the
+    // refusal must say)
+    let cases = [
+        (
+            "crane-operator",
+            "pods",
+            "list",
+            vec!["list", "pods"],
+            format!("list pods (core) in namespace {ns}"),
+        ),
+        (
+            "crane-operator-leader-election",
+            "leases",
+            "update",
+            vec!["update", lease_ref.as_str()],
+            format!("update lease {lease} (coordination.k8s.io) in namespace {ns}"),
+        ),
+    ];
+    let mut token = None;
+    for (role, resource, verb, can_i_args, says) in cases {
+        let mut objects = chart.clone();
+        let rules = objects
+            .iter_mut()
+            .find(|o| kind_of(o) == "Role" && name_of(o) == role)
+            .and_then(|o| o["rules"].as_array_mut())
+            .unwrap_or_else(|| panic!("no Role {role} in the render"));
+        let rule = rules
+            .iter_mut()
+            .find(|r| r["resources"][0] == resource && r["verbs"].to_string().contains(verb))
+            .unwrap_or_else(|| panic!("no rule with {verb} {resource} in the Role {role}"));
+        let verbs = rule["verbs"].as_array_mut().expect("verbs");
+        verbs.retain(|v| v != verb);
+        let yaml: String = objects
+            .iter()
+            .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
+            .collect();
+        env.kubectl_result(&["apply", "-f", "-"], Some(&yaml))
+            .unwrap_or_else(|e| panic!("apply the chart's RBAC without {verb} {resource}: {e}"));
+        // The API server's authorizer reads the Role from its cache: wait until it says no
+        // (and yes again to what the case before took away).
+        let mut probe: Vec<&str> = can_i_args.clone();
+        probe.extend(n);
+        wait_for(
+            &format!("{sa} refused {verb} {resource}"),
+            SHORT,
+            || async {
+                (!can_i(&sa, &probe)
+                    && can_i(&sa, &["list", "pods", "-n", &ns]) == (resource != "pods"))
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            },
+        )
+        .await;
+
+        let token = token
+            .get_or_insert_with(|| env.kubectl(&["create", "token", &sa_name, "--duration", "1h"]));
+        let kubeconfig = token_kubeconfig(&ns, token.trim());
+        let mut operator = Operator::start_with_kubeconfig(
+            &ns,
+            &[
+                "--leader-elect",
+                "--leader-elect-namespace",
+                &ns,
+                "--leader-elect-lease-name",
+                lease,
+            ],
+            &kubeconfig,
+        );
+        let status = wait_for(
+            &format!("the operator without {verb} {resource} to exit"),
+            SHORT,
+            || {
+                let exited = operator.exit_status().ok_or_else(|| {
+                    let log = operator.log_text();
+                    let tail: Vec<String> = log
+                        .lines()
+                        .rev()
+                        .take(2)
+                        .map(|l| l.chars().take(200).collect())
+                        .collect();
+                    format!("still running; its log ends {tail:?}")
+                });
+                async move { exited }
+            },
+        )
+        .await;
+        let log = operator.log_text();
+        assert!(!status.success(), "it exited with {status}: {log}");
+        assert!(
+            log.contains(&format!("{sa} may not {says}")) && log.contains("rbac.create"),
+            "the refusal names neither what is missing ({says}) nor how to grant it:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("verbs: [\"{verb}\"]")),
+            "the refusal shows no rule that grants {verb}:\n{log}"
+        );
+    }
+    env.cleanup().await;
+}
+
 /// Deletes the cluster-scoped objects of a render when dropped (the namespace takes the
 /// rest with it), also when the test fails.
 struct ClusterScoped(Vec<(String, String)>);
