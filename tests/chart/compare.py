@@ -17,7 +17,8 @@ manifests: every object of the MANIFEST files, except the Namespace (the chart l
 crd: the CRD in RENDER equals CRD apart from the labels the chart adds and the
   annotation helm.sh/resource-policy, which must be "keep".
 value: RENDER holds exactly one object of KIND (named NAME, when given), and its value at
-  PATH (keys joined by dots, list items as [N], [-1] the last) equals JSON, e.g.
+  PATH (keys joined by dots, list items as [N], [-1] the last, a key with dots as ["key"])
+  equals JSON, e.g.
   `value render.yaml Deployment 'spec.template.spec.containers[0].args[-1]' '"--x"'`;
   JSON `null` also accepts a PATH that is not there.
 labelled: every object of RENDER, and every pod template in it, carries LABEL=VALUE, and
@@ -216,9 +217,12 @@ def compare_value(render_path, kind, path, want_json):
     if len(objs) != 1:
         return [f"expected one {kind} in the render, found {len(objs)}"], ""
     have, want = objs[0], json.loads(want_json)
-    for step in re.findall(r"[^.\[\]]+|\[-?[0-9]+\]", path):
+    for step in re.findall(r'[^.\[\]"]+|\[-?[0-9]+\]|\["[^"]*"\]', path):
         try:
-            have = have[int(step[1:-1])] if step.startswith("[") else have[step]
+            if step.startswith('["'):
+                have = have[step[2:-2]]
+            else:
+                have = have[int(step[1:-1])] if step.startswith("[") else have[step]
         except (KeyError, IndexError, TypeError):
             if want is None:
                 return [], f"{kind} has no {path}"

@@ -172,6 +172,12 @@ labelled() {
   compare labelled "$work/render.yaml" "$label" "$value"
 }
 
+# no_cluster_roles [--set K=V ...]: the render has no ClusterRole at all.
+no_cluster_roles() {
+  render "$@" || return 1
+  ! grep -q '^kind: ClusterRole$' "$work/render.yaml" || { why="ClusterRoles: $(grep -A2 '^kind: ClusterRole$' "$work/render.yaml" | grep name: | tr '\n' ' ')"; return 1; }
+}
+
 # leases_apart: two releases in one namespace (each watching its own, say) compete for
 # two Leases, and each release's Role grants exactly the Lease its operator is told.
 leases_apart() {
@@ -370,6 +376,21 @@ check "two releases in one namespace: two Leases" leases_apart
 check "leaderElection.leaseName: an old Lease kept for an upgrade" renders Role "rules[1].resourceNames" '["crane-operator-leader"]' \
   --set leaderElection.leaseName=crane-operator-leader
 check "schema refuses leaderElection.leaseName=Not_A_Name" refused "leaderElection/leaseName.*pattern" --set leaderElection.leaseName=Not_A_Name
+view=$release-crane-operator-view
+edit=$release-crane-operator-edit
+aggregate='metadata.labels["rbac.authorization.k8s.io/aggregate-to-'
+check "aggregated ClusterRole $view: get, list, watch, status and scale included" renders "ClusterRole/$view" rules \
+  '[{"apiGroups":["crane.dev"],"resources":["cranereplicasets","cranereplicasets/status","cranereplicasets/scale"],"verbs":["get","list","watch"]}]'
+check "aggregated ClusterRole $view: taken in by view" renders "ClusterRole/$view" "${aggregate}view\"]" '"true"'
+check "aggregated ClusterRole $edit: writes, scale update and patch" renders "ClusterRole/$edit" rules \
+  '[{"apiGroups":["crane.dev"],"resources":["cranereplicasets"],"verbs":["create","update","patch","delete","deletecollection"]},{"apiGroups":["crane.dev"],"resources":["cranereplicasets/scale"],"verbs":["update","patch"]}]'
+check "aggregated ClusterRole $edit: taken in by edit" renders "ClusterRole/$edit" "${aggregate}edit\"]" '"true"'
+check "aggregated ClusterRole $edit: taken in by admin" renders "ClusterRole/$edit" "${aggregate}admin\"]" '"true"'
+check "aggregated ClusterRole $edit: not by view" renders "ClusterRole/$edit" "${aggregate}view\"]" null
+check "rbac.aggregateToDefaultRoles=false: only the operator's ClusterRole" renders ClusterRole metadata.name "\"$release-crane-operator\"" \
+  --set rbac.aggregateToDefaultRoles=false
+check "rbac.create=false: no ClusterRole at all" no_cluster_roles --set rbac.create=false
+check "schema refuses rbac.aggregateToDefaultRoles=yes" refused "aggregateToDefaultRoles.*boolean" --set-string rbac.aggregateToDefaultRoles=yes
 digest=sha256:$(printf '%064d' 1)
 check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"

@@ -111,11 +111,7 @@ async fn a_start_short_of_a_grant_fails_at_once_naming_it() {
             .unwrap_or_else(|| panic!("no rule with {verb} {resource} in the Role {role}"));
         let verbs = rule["verbs"].as_array_mut().expect("verbs");
         verbs.retain(|v| v != verb);
-        let yaml: String = objects
-            .iter()
-            .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
-            .collect();
-        env.kubectl_result(&["apply", "-f", "-"], Some(&yaml))
+        env.kubectl_result(&["apply", "-f", "-"], Some(&as_yaml(&objects)))
             .unwrap_or_else(|e| panic!("apply the chart's RBAC without {verb} {resource}: {e}"));
         // The API server's authorizer reads the Role from its cache: wait until it says no
         // (and yes again to what the case before took away).
@@ -181,7 +177,20 @@ async fn a_start_short_of_a_grant_fails_at_once_naming_it() {
 
 /// Deletes the cluster-scoped objects of a render when dropped (the namespace takes the
 /// rest with it), also when the test fails.
-struct ClusterScoped(Vec<(String, String)>);
+pub(crate) struct ClusterScoped(pub(crate) Vec<(String, String)>);
+
+impl ClusterScoped {
+    /// The cluster-scoped objects among `objects`.
+    pub(crate) fn of(objects: &[Value]) -> Self {
+        Self(
+            objects
+                .iter()
+                .filter(|o| kind_of(o).starts_with("Cluster"))
+                .map(|o| (kind_of(o).to_string(), name_of(o).to_string()))
+                .collect(),
+        )
+    }
+}
 
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
@@ -196,37 +205,51 @@ impl Drop for ClusterScoped {
 }
 
 fn helm_template(ns: &str, scope: Scope) -> Vec<Value> {
-    let chart = repo_root().join(CHART);
-    let chart = chart.to_str().expect("a UTF-8 path");
-    let mut args = vec![
-        "template",
-        "crane-operator",
-        chart,
-        "--namespace",
-        ns,
-        "--show-only",
-        "templates/serviceaccount.yaml",
-        "--show-only",
-        "templates/rbac.yaml",
-    ];
     let watch = format!("watchNamespace={ns}");
     // The cluster-wide objects are named after the release: one name per test namespace, so
     // that runs and tests never share (or delete) each other's ClusterRole.
     let fullname = format!("fullnameOverride={ns}");
-    match scope {
-        Scope::Namespaced => args.extend(["--set", watch.as_str()]),
-        Scope::ClusterWide => args.extend(["--set", fullname.as_str()]),
+    let set = match scope {
+        Scope::Namespaced => watch.as_str(),
+        Scope::ClusterWide => fullname.as_str(),
+    };
+    render_chart(
+        ns,
+        &["templates/serviceaccount.yaml", "templates/rbac.yaml"],
+        &[set],
+    )
+}
+
+/// The chart's `templates` only, rendered by `helm template` for namespace `ns` with the
+/// values `set` (K=V each).
+pub(crate) fn render_chart(ns: &str, templates: &[&str], set: &[&str]) -> Vec<Value> {
+    let chart = repo_root().join(CHART);
+    let chart = chart.to_str().expect("a UTF-8 path");
+    let mut args = vec!["template", "crane-operator", chart, "--namespace", ns];
+    for template in templates {
+        args.extend(["--show-only", template]);
+    }
+    for value in set {
+        args.extend(["--set", value]);
     }
     let yaml = run_tool("helm", &args, None).unwrap_or_else(|e| panic!("helm {args:?}: {e}"));
     // Empty documents (a template that renders nothing) are skipped.
     serde_saphyr::from_multiple(&yaml).expect("helm renders YAML")
 }
 
-fn kind_of(obj: &Value) -> &str {
+/// The objects as one multi-document YAML, for `kubectl apply -f -`.
+pub(crate) fn as_yaml(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
+        .collect()
+}
+
+pub(crate) fn kind_of(obj: &Value) -> &str {
     obj["kind"].as_str().unwrap_or_default()
 }
 
-fn name_of(obj: &Value) -> &str {
+pub(crate) fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
 }
 
@@ -265,7 +288,7 @@ fn expected(table: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, Str
 
 /// `kubectl auth can-i` as the ServiceAccount (impersonated by the admin): true for "yes"
 /// (exit 0), false for "no" (exit 1, "no" on stdout, perhaps with a reason).
-fn can_i(sa: &str, args: &[&str]) -> bool {
+pub(crate) fn can_i(sa: &str, args: &[&str]) -> bool {
     let mut all = vec!["auth", "can-i", "--as", sa];
     all.extend_from_slice(args);
     let says_no = |out: &str| {
@@ -328,18 +351,8 @@ async fn scenario(test: &str, scope: Scope) {
         "leader-election rules"
     );
 
-    let _cluster_scoped = ClusterScoped(
-        objects
-            .iter()
-            .filter(|o| kind_of(o).starts_with("Cluster"))
-            .map(|o| (kind_of(o).to_string(), name_of(o).to_string()))
-            .collect(),
-    );
-    let yaml: String = objects
-        .iter()
-        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
-        .collect();
-    env.kubectl_result(&["apply", "-f", "-"], Some(&yaml))
+    let _cluster_scoped = ClusterScoped::of(&objects);
+    env.kubectl_result(&["apply", "-f", "-"], Some(&as_yaml(&objects)))
         .unwrap_or_else(|e| panic!("apply the chart's ServiceAccount and RBAC: {e}"));
 
     // --- the operator with the ServiceAccount's token -------------------------------------
