@@ -41,17 +41,18 @@ lint: ## rustfmt, clippy, shellcheck, promtool check rules, actionlint (workflow
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
-	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh tests/argocd/*.sh .ci/run
+	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh tests/argocd/*.sh tests/release/*.sh .ci/run
 	tests/cluster/build.sh exec promtool check rules charts/crane-operator/files/alerts.yaml
 	tests/cluster/build.sh exec actionlint -no-color
 	tests/cluster/build.sh exec hadolint --no-color Dockerfile
 	@# Claims the docs once made and measurements refuted (README, "The CRD and kubectl apply").
-	@! grep -rnIi -e 'too large for client-side' -e 'upgrades need helm 3.17' README.md charts docs hack manifests \
+	@! grep -rnIi -e 'too large for client-side' -e 'upgrades need helm 3.17' README.md CHANGELOG.md CONTRIBUTING.md SECURITY.md charts docs hack manifests \
 	  || { echo "make lint: the docs repeat a refuted claim (above)" >&2; exit 1; }
 
-unit: ## Unit, property and generated-file tests, the app's, the Argo CD health check's (no cluster)
+unit: ## Unit, property and generated-file tests, the app's, the Argo CD health check's, the release scripts' (no cluster)
 	$(CARGO) test --locked -p crane-operator -p crane-app --lib --bins --test generated --test schema_properties --test planner_properties --test backpressure --test server
 	tests/argocd/test.sh
+	tests/release/test.sh
 
 chart: cluster ## Helm chart and manifests/ checks; install, upgrade, uninstall on the local cluster (or KUBECONFIG)
 	tests/chart/test.sh

@@ -3,8 +3,9 @@
 # The release workflow's first check (.github/workflows/release.yml): a tag vX.Y.Z releases
 # version X.Y.Z only if everything that names the version says X.Y.Z: the chart's version
 # and appVersion (the image tag the chart deploys by default), its Artifact Hub image
-# annotation, and Cargo.toml (the binary's build_info). The chart's image.repository must
-# be ghcr.io/crane-dev/crane-operator, where the workflow pushes the image. Prints
+# annotation, and Cargo.toml (the binary's build_info); and CHANGELOG.md has a section
+# "## [X.Y.Z]" (the release's notes). The chart's image.repository must be
+# ghcr.io/crane-dev/crane-operator, where the workflow pushes the image. Prints
 # `version=X.Y.Z` (for $GITHUB_OUTPUT) and exits 0, or names every mismatch and exits 1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,10 +32,12 @@ check "Cargo.toml version" "$(field Cargo.toml package version)" "$version"
 check "$chart/values.yaml image.repository" "$(field "$chart/values.yaml" image repository)" "$repository"
 check "$chart/Chart.yaml annotation artifacthub.io/images" \
   "$(field "$chart/Chart.yaml" annotations artifacthub.io/images 0 image)" "$repository:$version"
+hack/release-notes.sh "$version" >/dev/null 2>&1 ||
+  problems+=("CHANGELOG.md has no section '## [$version]': move the Unreleased entries under it")
 
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'release: %s\n' "${problems[@]}" >&2
-  echo "release: bump them together (Cargo.toml, Cargo.lock, Chart.yaml), commit, and tag that commit" >&2
+  echo "release: bump them together (Cargo.toml, Cargo.lock, Chart.yaml, CHANGELOG.md), commit, and tag that commit" >&2
   exit 1
 fi
 echo "version=$version"
