@@ -18,11 +18,16 @@
 # compiler of ring when the two differ: compiling under QEMU emulation instead takes many
 # times longer. The final stage is the distroless image of TARGETARCH.
 
-ARG RUST_VERSION=1
+# Both base images are pinned by the digest of their multi-arch index, so that a rebuild of
+# one commit uses the same compiler and the same runtime files: rust:1-bookworm as it was
+# on 2026-09-20 (Rust 1.98.1), gcr.io/distroless/static-debian12:nonroot as it was on
+# 2026-08-26. Dependabot (.github/dependabot.yml, ecosystem docker) proposes newer digests;
+# by hand: `docker buildx imagetools inspect IMAGE:TAG` (or `crane digest IMAGE:TAG`) gives
+# the index digest of a tag; replace the digest, keep the tag beside it for people.
 
 # Dependencies are compiled in their own layer, from a recipe of Cargo.toml/Cargo.lock
 # (cargo-chef stubs every declared target), so editing src/ does not rebuild them.
-FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS chef
+FROM --platform=$BUILDPLATFORM rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS chef
 RUN cargo install cargo-chef --locked --version ^0.1
 WORKDIR /build
 # Applies to the --target build only (not to build scripts and proc macros).
@@ -70,7 +75,7 @@ RUN . /build/target.env \
     && file "target/$TARGET/release/crane-operator" | grep static >/dev/null \
     && install -D -m 0755 "target/$TARGET/release/crane-operator" /out/crane-operator
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 LABEL org.opencontainers.image.title="crane-operator" \
       org.opencontainers.image.description="The ReplicationController of Kubernetes in Action as a CraneReplicaSet custom resource" \
       org.opencontainers.image.source="https://github.com/crane-dev/crane-operator" \

@@ -32,10 +32,10 @@ wants() { [[ " ${images[*]} " == *" $1 "* ]]; }
 target=x86_64-unknown-linux-gnu
 release=${CARGO_TARGET_DIR:-target}/$target/release
 out=target/image
-version=$(sed -n '/^version = "\(.*\)"$/{s//\1/p;q}' Cargo.toml)
-repository=$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' charts/crane-operator/values.yaml)
-app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/crane-operator/Chart.yaml)
-{ [ -n "$version" ] && [ -n "$repository" ]; } || die "cannot read the version from Cargo.toml or image.repository from the chart"
+hack/debian-packages.sh "make image" python3:python3 /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml
+version=$(hack/field.py Cargo.toml package version) || die "cannot read the version from Cargo.toml"
+repository=$(hack/field.py charts/crane-operator/values.yaml image repository) || die "cannot read image.repository from the chart"
+app_version=$(hack/field.py charts/crane-operator/Chart.yaml appVersion) || die "cannot read the chart's appVersion"
 [ "$version" = "$app_version" ] \
   || log "warning: Cargo version $version differs from the chart's appVersion $app_version: the chart's default tag will not find this image"
 

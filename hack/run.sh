@@ -16,7 +16,9 @@ echo "[run] building crane-operator (release)"
 cargo build --release --locked --quiet
 bin=target/release/crane-operator
 
-echo "[run] installing the CraneReplicaSet CRD (server-side apply: the CRD is too large for client-side apply)"
+# Server-side and forced: it takes over the fields that the tests or a Helm release applied
+# before, and keeps no 70 KB last-applied-configuration copy on the CRD.
+echo "[run] installing the CraneReplicaSet CRD (server-side apply)"
 "$bin" crd | kubectl apply --server-side --force-conflicts -f -
 hack/crd-established.sh 60
 

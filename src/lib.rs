@@ -14,6 +14,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod client;

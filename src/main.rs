@@ -20,9 +20,6 @@ use crane_operator::probe;
 use crane_operator::telemetry::{self, LogFormat};
 use tokio::sync::watch;
 
-/// The Lease that operator replicas compete for.
-const LEASE_NAME: &str = "crane-operator-leader";
-
 #[derive(Parser)]
 #[command(
     name = "crane-operator",
@@ -98,6 +95,14 @@ struct RunArgs {
     /// Namespace of the leader lease (default: POD_NAMESPACE, else the watched namespace, else `default`).
     #[arg(long, env = "CRANE_LEADER_ELECT_NAMESPACE")]
     leader_elect_namespace: Option<String>,
+    /// Name of the leader Lease that the replicas compete for; two operators that share a
+    /// lease namespace need two names (the chart derives it from the release).
+    #[arg(
+        long,
+        env = "CRANE_LEADER_ELECT_LEASE_NAME",
+        default_value = "crane-operator-leader"
+    )]
+    leader_elect_lease_name: String,
     /// Reconcile passes that may run at once (kube-controller-manager's
     /// --concurrent-replicaset-syncs defaults to 5).
     #[arg(long, env = "CRANE_CONCURRENCY", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
@@ -160,8 +165,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let client = client::build_counted(kube_config.clone(), &metrics)
         .context("could not set up the API client")?;
+    let lease = args.leader_elect.then(|| {
+        (
+            lease_namespace(&args),
+            args.leader_elect_lease_name.as_str(),
+        )
+    });
+    let lease = lease.as_ref().map(|(ns, name)| (ns.as_str(), *name));
     tokio::select! {
-        checked = controller::check_crd_served(&client, args.namespace.as_deref()) => checked?,
+        checked = controller::check_crd_served(&client, args.namespace.as_deref(), lease) => checked?,
         () = stopped(stop_rx.clone()) => return Ok(()),
     }
     let health = Arc::new(Health::default());
@@ -191,12 +203,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.leader.set(1);
         controller::run(client, config, metrics, health, stopped(stop_rx.clone())).await;
     } else {
-        let lease_ns = args
-            .leader_elect_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| args.namespace.clone())
-            .unwrap_or_else(|| "default".into());
+        let lease_ns = lease_namespace(&args);
         let lease_client = client::build_without_retries(kube_config, &metrics)
             .context("could not set up the Lease client")?;
         let timings = Timings {
@@ -213,7 +220,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             timings.renew_deadline,
             timings.lease_duration
         );
-        let elector = Elector::new(lease_client, &lease_ns, LEASE_NAME, &identity, timings);
+        let elector = Elector::new(
+            lease_client,
+            &lease_ns,
+            &args.leader_elect_lease_name,
+            &identity,
+            timings,
+        );
         let (leading_tx, leading) = watch::channel(false);
         let (release_tx, release_rx) = watch::channel(false);
         let election = tokio::spawn(elector.run(leading_tx, release_rx));
@@ -236,6 +249,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("metrics server task")?
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
     Ok(())
+}
+
+/// Where the leader Lease lives: `--leader-elect-namespace`, else the pod's namespace, else
+/// the watched one, else `default`.
+fn lease_namespace(args: &RunArgs) -> String {
+    args.leader_elect_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".into())
 }
 
 /// A duration as kube-controller-manager's flags take it: `15s`, `500ms`, `2m`.
@@ -328,6 +351,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("15").unwrap_err().contains("no unit"));
         assert!(parse_duration("1h").unwrap_err().contains("unit"));
+        assert_eq!(
+            run_args(&[]).unwrap().leader_elect_lease_name,
+            "crane-operator-leader"
+        );
         let args = run_args(&["--leader-elect-renew-deadline", "8s"]).unwrap();
         assert_eq!(args.leader_elect_renew_deadline, Duration::from_secs(8));
         assert_eq!(args.leader_elect_lease_duration, Duration::from_secs(15));

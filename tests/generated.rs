@@ -16,6 +16,24 @@ fn committed_crds_match_the_rust_types() {
     }
 }
 
+/// `kubectl explain crs` says what a CraneReplicaSet is, not kube-derive's placeholder
+/// ("Auto-generated derived type for ...").
+#[test]
+fn the_crd_describes_the_resource_at_its_root() {
+    let crd = crane_operator::api::crd();
+    let version = &crd.spec.versions[0];
+    let root = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("a schema");
+    let description = root.description.as_deref().unwrap_or_default();
+    assert!(
+        description.contains("spec.replicas") && !description.contains("Auto-generated"),
+        "the root description: {description:?}"
+    );
+}
+
 /// Every metric the shipped dashboard and alerts query is one the operator exports: a
 /// renamed metric must not leave an empty panel or an alert that can never fire.
 mod chart_queries {
@@ -106,13 +124,13 @@ mod chart_queries {
     #[test]
     fn the_alerts_query_only_exported_metrics() {
         let file = "charts/crane-operator/files/alerts.yaml";
-        let rules: serde_yaml::Value =
-            serde_yaml::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let rules: serde_json::Value =
+            serde_saphyr::from_str(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let exprs: Vec<String> = rules["groups"]
-            .as_sequence()
+            .as_array()
             .expect("groups")
             .iter()
-            .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+            .flat_map(|g| g["rules"].as_array().expect("rules").iter())
             .map(|r| r["expr"].as_str().expect("expr").to_string())
             .collect();
         assert_all_exported(file, &exprs);

@@ -1,8 +1,8 @@
 -- Argo CD health check for crane.dev/CraneReplicaSet, from its kstatus conditions.
 -- Install it in argocd-cm under the key
 --   resource.customizations.health.crane.dev_CraneReplicaSet
--- (see README, "Argo CD, Flux and Helm's --wait"). Argo CD also needs the sync option
--- ServerSideApply=true for this CRD's objects: the CRD is too large for client-side apply.
+-- (see README, "Argo CD, Flux and Helm's --wait"). Either sync mode applies the CRD;
+-- ServerSideApply=true keeps no 70 KB last-applied-configuration copy of it.
 -- Tested by tests/argocd/ (make unit) in Argo CD's health_test.yaml format. Argo CD opens
 -- no string library for health checks: only `..` for text here.
 --

@@ -426,9 +426,15 @@ where
 }
 
 /// Fails when the API server does not serve CraneReplicaSets (the CRD is not installed),
-/// instead of idling with a watch that can never work. Any other error (the API server
-/// is down, say) is left to the watches, which retry.
-pub async fn check_crd_served(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+/// or does not let the operator list and watch its resources, write events or, with
+/// `lease` (its namespace and name), take the leader Lease ([`crate::access`]): instead
+/// of idling with watches that can never work, it names what is missing and how to grant
+/// it. An API server that does not answer (down, say) is left to the watches, which retry.
+pub async fn check_crd_served(
+    client: &Client,
+    namespace: Option<&str>,
+    lease: Option<(&str, &str)>,
+) -> anyhow::Result<()> {
     let api = api_for::<CraneReplicaSet>(client, namespace);
     let params = kube::api::ListParams::default().limit(1);
     let list = api.list_metadata(&params);
@@ -442,11 +448,34 @@ pub async fn check_crd_served(client: &Client, namespace: Option<&str>) -> anyho
             "the API server does not serve cranereplicasets.crane.dev/v1: install the CRD \
              (kubectl apply --server-side -f manifests/crd.yaml, or the Helm chart) and start again"
         ),
-        Err(e) => {
+        // A 403 is for the access review to explain, with every other refusal.
+        Err(e) if api_status(&e) != Some(403) => {
             warn!(error = %e, "could not check that the CRD is served; starting anyway");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let needs = crate::access::needs(namespace, lease);
+    let reviewed = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::access::denied(client, &needs),
+    );
+    match reviewed.await {
+        Ok(Ok(denied)) if denied.is_empty() => Ok(()),
+        Ok(Ok(denied)) => {
+            let user = crate::access::whoami(client).await;
+            anyhow::bail!(crate::access::refusal(&denied, user.as_deref()))
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "could not check the operator's permissions; starting anyway");
             Ok(())
         }
-        Ok(_) => Ok(()),
+        Err(_) => {
+            warn!(
+                "the API server did not review the operator's permissions within 5 s; starting anyway"
+            );
+            Ok(())
+        }
     }
 }
 

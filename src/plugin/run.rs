@@ -140,7 +140,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 fn printed(object: &Value, args: &RunArgs) -> anyhow::Result<String> {
     let name = object["metadata"]["name"].as_str().unwrap_or(&args.name);
     Ok(match args.output {
-        Some(Output::Yaml) => serde_yaml::to_string(object).context("printing YAML")?,
+        Some(Output::Yaml) => crate::api::to_yaml(object).context("printing YAML")?,
         Some(Output::Json) => {
             let mut out = Vec::new();
             let indent = serde_json::ser::PrettyFormatter::with_indent(b"    ");

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Usage: tests/chart/compare.py manifests RENDER MANIFEST...
        tests/chart/compare.py crd RENDER CRD
-       tests/chart/compare.py value RENDER KIND PATH JSON
+       tests/chart/compare.py value RENDER KIND[/NAME] PATH JSON
+       tests/chart/compare.py labelled RENDER LABEL VALUE
 
 Semantic comparisons between the chart's default render (`helm template crane-operator
 charts/crane-operator --namespace crane-system`) and the plain manifests, for
@@ -15,10 +16,13 @@ manifests: every object of the MANIFEST files, except the Namespace (the chart l
   from the CRD and `helm test` hooks.
 crd: the CRD in RENDER equals CRD apart from the labels the chart adds and the
   annotation helm.sh/resource-policy, which must be "keep".
-value: RENDER holds exactly one object of KIND, and its value at PATH (keys joined by
-  dots, list items as [N], [-1] the last) equals JSON, e.g.
+value: RENDER holds exactly one object of KIND (named NAME, when given), and its value at
+  PATH (keys joined by dots, list items as [N], [-1] the last, a key with dots as ["key"])
+  equals JSON, e.g.
   `value render.yaml Deployment 'spec.template.spec.containers[0].args[-1]' '"--x"'`;
   JSON `null` also accepts a PATH that is not there.
+labelled: every object of RENDER, and every pod template in it, carries LABEL=VALUE, and
+  no selector (spec.selector, its matchLabels, spec.podSelector) selects by LABEL.
 
 Prints what differs, path by path; exits 1 when anything does, 2 on a usage error.
 YAML is read with PyYAML when it is installed, else converted to JSON by kubectl.
@@ -184,14 +188,41 @@ def compare_crd(render_path, crd_path):
     return problems, f"equal apart from {len(added)} labels and the keep annotation"
 
 
+def compare_labelled(render_path, label, value):
+    problems, objs = [], load(render_path)
+
+    def carries(meta, what):
+        labels = (meta or {}).get("labels") or {}
+        if labels.get(label) != value:
+            problems.append(f"{what}: no label {label}={value} (labels {json.dumps(labels)[:120]})")
+
+    for obj in objs:
+        where, spec = show(key(obj)), obj.get("spec") or {}
+        carries(obj.get("metadata"), where)
+        if isinstance(spec.get("template"), dict):
+            carries(spec["template"].get("metadata"), f"{where} pod template")
+        for name in ("selector", "podSelector"):
+            selector = spec.get(name)
+            if isinstance(selector, dict) and label in {**selector, **(selector.get("matchLabels") or {})}:
+                problems.append(f"{where}: spec.{name} selects by {label}")
+    return problems, f"{len(objs)} objects carry {label}={value}, no selector uses it"
+
+
 def compare_value(render_path, kind, path, want_json):
-    objs = [o for o in load(render_path) if o.get("kind") == kind]
+    kind, _, name = kind.partition("/")
+    objs = [
+        o for o in load(render_path) if o.get("kind") == kind and (not name or (o.get("metadata") or {}).get("name") == name)
+    ]
+    kind = f"{kind}/{name}" if name else kind
     if len(objs) != 1:
         return [f"expected one {kind} in the render, found {len(objs)}"], ""
     have, want = objs[0], json.loads(want_json)
-    for step in re.findall(r"[^.\[\]]+|\[-?[0-9]+\]", path):
+    for step in re.findall(r'[^.\[\]"]+|\[-?[0-9]+\]|\["[^"]*"\]', path):
         try:
-            have = have[int(step[1:-1])] if step.startswith("[") else have[step]
+            if step.startswith('["'):
+                have = have[step[2:-2]]
+            else:
+                have = have[int(step[1:-1])] if step.startswith("[") else have[step]
         except (KeyError, IndexError, TypeError):
             if want is None:
                 return [], f"{kind} has no {path}"
@@ -206,6 +237,8 @@ def main(argv):
         problems, summary = compare_crd(argv[1], argv[2])
     elif len(argv) == 5 and argv[0] == "value":
         problems, summary = compare_value(*argv[1:])
+    elif len(argv) == 4 and argv[0] == "labelled":
+        problems, summary = compare_labelled(*argv[1:])
     else:
         print(__doc__.split("\n\n")[0], file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@
 #     parsed, apart from the labels only Helm sets), and the chart's CRD equals
 #     manifests/crd.yaml apart from its labels and helm.sh/resource-policy: keep;
 #   - on the cluster (KUBECONFIG, else the local one: make cluster): the render, also with
-#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`; helm
+#     tests/chart/knobs.yaml, passes `kubectl apply --server-side --dry-run=server`, and so
+#     does a client-side `kubectl apply` of manifests/crd.yaml (as the README says); helm
 #     install --wait, helm upgrade with changed values, helm uninstall, after which the CRD
 #     is still there.
 # The release and its namespace are both "crane-chart-test"; the namespace enforces the
@@ -162,6 +163,36 @@ dashboard_rendered() {
   fi
 }
 
+# labelled LABEL VALUE [--set K=V ...]: every object of the render, and every pod template,
+# carries LABEL=VALUE, and no selector uses it (tests/chart/compare.py labelled).
+labelled() {
+  local label=$1 value=$2
+  shift 2
+  render "$@" || return 1
+  compare labelled "$work/render.yaml" "$label" "$value"
+}
+
+# no_cluster_roles [--set K=V ...]: the render has no ClusterRole at all.
+no_cluster_roles() {
+  render "$@" || return 1
+  ! grep -q '^kind: ClusterRole$' "$work/render.yaml" || { why="ClusterRoles: $(grep -A2 '^kind: ClusterRole$' "$work/render.yaml" | grep name: | tr '\n' ' ')"; return 1; }
+}
+
+# leases_apart: two releases in one namespace (each watching its own, say) compete for
+# two Leases, and each release's Role grants exactly the Lease its operator is told.
+leases_apart() {
+  local r lease out leases=()
+  for r in one two; do
+    helm template "$r" "$chart" --namespace "$ns" >"$work/$r.yaml" 2>"$work/err" || { why=$(first 3 "$work/err"); return 1; }
+    lease=$(grep -o -- '--leader-elect-lease-name=.*' "$work/$r.yaml" | cut -d= -f2)
+    out=$(python3 "$here/compare.py" value "$work/$r.yaml" "Role/$r-crane-operator-leader-election" 'rules[1].resourceNames' "[\"$lease\"]" 2>&1) ||
+      { why="release $r, told the Lease '$lease': $out"; return 1; }
+    leases+=("$lease")
+  done
+  [ "${leases[0]}" != "${leases[1]}" ] || { why="both releases are told the Lease '${leases[0]}'"; return 1; }
+  note="${leases[*]}"
+}
+
 # --- checks on the cluster ---------------------------------------------------------------
 
 reachable() {
@@ -179,6 +210,17 @@ dry_run() {
   # PSA warnings (restricted) are not failures of kubectl apply: make them failures.
   ! grep -qi 'warning' "$work/out" || { why=$(grep -i warning "$work/out" | head -n 3 | tr '\n' ' '); return 1; }
   note="$(grep -c . "$work/out") objects"
+}
+
+# The README says plain (client-side) `kubectl apply` installs the CRD: its copy in the
+# last-applied-configuration annotation fits the API server's 256 KiB for annotations.
+crd_client_side_apply() {
+  k apply --dry-run=server -f "$root/manifests/crd.yaml" -o json >"$work/crd.json" 2>"$work/err" ||
+    { why=$(first 4 "$work/err"); return 1; }
+  local size
+  size=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]))' \
+    "$work/crd.json" 2>"$work/err") || { why="no last-applied-configuration in the answer: $(first 2 "$work/err")"; return 1; }
+  note="its last-applied copy: $((size / 1024)) KiB of 256"
 }
 
 deployment_available() {
@@ -300,6 +342,55 @@ check "helm lint --strict: every knob of tests/chart/knobs.yaml" lint -f "$here/
 check "ServiceMonitor rendered only where monitoring.coreos.com/v1 is served" servicemonitor_rendered
 check "PrometheusRule rendered only where monitoring.coreos.com/v1 is served, with the alerts" prometheusrule_rendered
 check "dashboard ConfigMap rendered with the sidecar's label and the dashboard" dashboard_rendered
+sm_always='--set serviceMonitor.enabled=true --set serviceMonitor.renderMode=alwaysRender'
+pr_always='--set prometheusRule.enabled=true --set prometheusRule.renderMode=alwaysRender'
+# shellcheck disable=SC2086 # the two words of each pair of --set
+check "serviceMonitor.renderMode=alwaysRender: rendered without the monitoring API" renders ServiceMonitor 'spec.endpoints[0].port' '"http-metrics"' $sm_always
+check "serviceMonitor.renderMode=failIfMissing: refused without the monitoring API" refused "does not serve monitoring.coreos.com/v1 ServiceMonitor.*failIfMissing" \
+  --set serviceMonitor.enabled=true --set serviceMonitor.renderMode=failIfMissing
+check "serviceMonitor.renderMode=failIfMissing: rendered where the API is served" renders ServiceMonitor 'spec.endpoints[0].port' '"http-metrics"' \
+  --set serviceMonitor.enabled=true --set serviceMonitor.renderMode=failIfMissing --api-versions monitoring.coreos.com/v1/ServiceMonitor
+# shellcheck disable=SC2086
+check "prometheusRule.renderMode=alwaysRender: rendered without the monitoring API" renders PrometheusRule 'spec.groups[0].rules[0].alert' \
+  "\"$(hack/field.py "$chart/files/alerts.yaml" groups 0 rules 0 alert)\"" $pr_always
+check "prometheusRule.renderMode=failIfMissing: refused without the monitoring API" refused "does not serve monitoring.coreos.com/v1 PrometheusRule.*failIfMissing" \
+  --set prometheusRule.enabled=true --set prometheusRule.renderMode=failIfMissing
+check "schema refuses serviceMonitor.renderMode=sometimes" refused "serviceMonitor/renderMode.*must be one of" --set serviceMonitor.renderMode=sometimes
+# shellcheck disable=SC2086
+check "commonLabels: on every object and pod template, in no selector" labelled team platform --set commonLabels.team=platform \
+  --set podDisruptionBudget.enabled=true --set networkPolicy.enabled=true --set dashboards.enabled=true $sm_always $pr_always
+check "commonLabels: with watchNamespace (Role) too" labelled team platform --set commonLabels.team=platform --set watchNamespace=crane-watched
+check "chart refuses commonLabels that repeat its own (app.kubernetes.io/name)" refused "commonLabels.app.kubernetes.io/name: the chart sets" \
+  --set 'commonLabels.app\.kubernetes\.io/name=other'
+check "schema refuses a commonLabels value that is not a string" refused "commonLabels/team.*string" --set-json 'commonLabels={"team":1}'
+check "extraObjects: a mapping, through tpl" renders ConfigMap metadata.name "\"$release-extra\"" \
+  --set-json 'extraObjects=[{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"{{ .Release.Name }}-extra"}}]'
+check "extraObjects: a string, through tpl" renders ConfigMap data.namespace "\"$ns\"" \
+  --set-json 'extraObjects=["apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  namespace: {{ .Release.Namespace }}\n"]'
+check "schema refuses an extraObjects item without a kind" refused "extraObjects/0" --set-json 'extraObjects=[{"apiVersion":"v1"}]'
+check "enableServiceLinks: false on the operator pods" renders Deployment spec.template.spec.enableServiceLinks false
+check "enableServiceLinks: true on the helm test pod (it reads the Service's address)" renders Pod spec.enableServiceLinks true
+check "the Lease is named after the release, and the Role grants that one" renders Role "rules[1].resourceNames" "[\"$release-crane-operator-leader\"]"
+check "the operator is told the release's Lease" renders Deployment 'spec.template.spec.containers[0].args[4]' "\"--leader-elect-lease-name=$release-crane-operator-leader\""
+check "two releases in one namespace: two Leases" leases_apart
+check "leaderElection.leaseName: an old Lease kept for an upgrade" renders Role "rules[1].resourceNames" '["crane-operator-leader"]' \
+  --set leaderElection.leaseName=crane-operator-leader
+check "schema refuses leaderElection.leaseName=Not_A_Name" refused "leaderElection/leaseName.*pattern" --set leaderElection.leaseName=Not_A_Name
+view=$release-crane-operator-view
+edit=$release-crane-operator-edit
+aggregate='metadata.labels["rbac.authorization.k8s.io/aggregate-to-'
+check "aggregated ClusterRole $view: get, list, watch, status and scale included" renders "ClusterRole/$view" rules \
+  '[{"apiGroups":["crane.dev"],"resources":["cranereplicasets","cranereplicasets/status","cranereplicasets/scale"],"verbs":["get","list","watch"]}]'
+check "aggregated ClusterRole $view: taken in by view" renders "ClusterRole/$view" "${aggregate}view\"]" '"true"'
+check "aggregated ClusterRole $edit: writes, scale update and patch" renders "ClusterRole/$edit" rules \
+  '[{"apiGroups":["crane.dev"],"resources":["cranereplicasets"],"verbs":["create","update","patch","delete","deletecollection"]},{"apiGroups":["crane.dev"],"resources":["cranereplicasets/scale"],"verbs":["update","patch"]}]'
+check "aggregated ClusterRole $edit: taken in by edit" renders "ClusterRole/$edit" "${aggregate}edit\"]" '"true"'
+check "aggregated ClusterRole $edit: taken in by admin" renders "ClusterRole/$edit" "${aggregate}admin\"]" '"true"'
+check "aggregated ClusterRole $edit: not by view" renders "ClusterRole/$edit" "${aggregate}view\"]" null
+check "rbac.aggregateToDefaultRoles=false: only the operator's ClusterRole" renders ClusterRole metadata.name "\"$release-crane-operator\"" \
+  --set rbac.aggregateToDefaultRoles=false
+check "rbac.create=false: no ClusterRole at all" no_cluster_roles --set rbac.create=false
+check "schema refuses rbac.aggregateToDefaultRoles=yes" refused "aggregateToDefaultRoles.*boolean" --set-string rbac.aggregateToDefaultRoles=yes
 digest=sha256:$(printf '%064d' 1)
 check "image.digest: the operator runs repository@digest" renders Deployment 'spec.template.spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
 check "image.digest: so does the helm test pod" renders Pod 'spec.containers[0].image' "\"ghcr.io/crane-dev/crane-operator@$digest\"" --set image.digest="$digest"
@@ -322,7 +413,8 @@ volume='{"name":"scratch","emptyDir":{"sizeLimit":"16Mi"}}'
 mount='{"name":"scratch","mountPath":"/scratch"}'
 env_var='{"name":"RUST_BACKTRACE","value":"1"}'
 check "extraArgs: after the chart's own" renders Deployment 'spec.template.spec.containers[0].args' \
-  '["run", "--metrics-addr=0.0.0.0:8080", "--log-format=json", "--leader-elect", "--x=1"]' --set 'extraArgs[0]=--x=1'
+  "[\"run\", \"--metrics-addr=0.0.0.0:8080\", \"--log-format=json\", \"--leader-elect\", \"--leader-elect-lease-name=$release-crane-operator-leader\", \"--x=1\"]" \
+  --set 'extraArgs[0]=--x=1'
 check "extraEnv: after the chart's own" renders Deployment 'spec.template.spec.containers[0].env[-1]' "$env_var" --set-json "extraEnv=[$env_var]"
 check "extraVolumes: on the pods" renders Deployment spec.template.spec.volumes "[$volume]" --set-json "extraVolumes=[$volume]"
 check "extraVolumeMounts: on the container" renders Deployment 'spec.template.spec.containers[0].volumeMounts' "[$mount]" --set-json "extraVolumeMounts=[$mount]"
@@ -397,6 +489,7 @@ check "server dry-run of the render: defaults (ClusterRole)" dry_run
 check "server dry-run of the render: watchNamespace=$ns (Role)" dry_run --set watchNamespace="$ns"
 check "server dry-run of the render: every knob of tests/chart/knobs.yaml" dry_run -f "$here/knobs.yaml"
 check "server dry-run of the render: replicaCount=2, rbac.create=false" dry_run --set replicaCount=2 --set rbac.create=false --set serviceAccount.create=false
+check "client-side kubectl apply of manifests/crd.yaml (server dry run)" crd_client_side_apply
 check "helm install --wait --take-ownership" install
 check "Deployment available (1 replica)" available 1
 check "the release owns the CRD, with resource-policy keep" crd_owned_by_release

@@ -38,6 +38,7 @@ die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 since() { local ms=$(($(now_ms) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
 
+"$here/prerequisites.sh"
 case $port in '' | *[!0-9]*) die "CRANE_APISERVER_PORT must be a port number, not '$port'" ;; esac
 case $nodes in '' | *[!0-9]*) die "CRANE_NODES must be a number, not '$nodes'" ;; esac
 for tool in sha256sum:coreutils cmp:diffutils; do

@@ -110,7 +110,7 @@ fn parse(path: &PathBuf) -> Case {
     }
     let (mut setup, mut crs) = (Vec::new(), Vec::new());
     for raw in docs.into_iter().filter(|d| !d.trim().is_empty()) {
-        let value: Value = serde_yaml::from_str(&raw)
+        let value: Value = serde_saphyr::from_str(&raw)
             .unwrap_or_else(|e| panic!("{file}: a document is not YAML: {e}"));
         if value["kind"] == "CraneReplicaSet" {
             crs.push((raw, value));

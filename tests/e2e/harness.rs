@@ -557,15 +557,17 @@ impl TestEnv {
             .find(|c| c.type_ == type_))
     }
 
-    /// The holder of the operator's leader Lease in this namespace (None: no Lease, or
-    /// released).
+    /// The holder of the operator's leader Lease (the default name) in this namespace
+    /// (None: no Lease, or released).
     pub async fn lease_holder(&self) -> Result<Option<String>, String> {
+        self.lease_holder_of("crane-operator-leader").await
+    }
+
+    /// The holder of the leader Lease `name` in this namespace.
+    pub async fn lease_holder_of(&self, name: &str) -> Result<Option<String>, String> {
         let api: Api<k8s_openapi::api::coordination::v1::Lease> =
             Api::namespaced(self.client.clone(), &self.ns);
-        let lease = api
-            .get_opt("crane-operator-leader")
-            .await
-            .map_err(|e| e.to_string())?;
+        let lease = api.get_opt(name).await.map_err(|e| e.to_string())?;
         Ok(lease
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)

@@ -1,6 +1,7 @@
 //! End-to-end tests on a real control plane (`make cluster`, or KUBECONFIG): each test has
 //! its own namespace and, unless CRANE_E2E_EXTERNAL_OPERATOR=1, its own operator process.
 //! They mirror Kubernetes' own ReplicaSet integration tests.
+mod aggregated;
 mod corpus;
 mod dashboard;
 mod diagnostics;

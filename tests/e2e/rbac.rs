@@ -20,13 +20,11 @@ use std::collections::BTreeSet;
 
 use kube::ResourceExt;
 use kube::api::DeleteParams;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::harness::*;
 
 const CHART: &str = "charts/crane-operator";
-const LEASE: &str = "crane-operator-leader";
 
 /// The rules the chart grants in the watched namespace(s), as (apiGroup, resource,
 /// resourceNames, verbs): exactly the verbs the operator uses (README, "Security and
@@ -38,11 +36,13 @@ const OPERATOR_RULES: &[(&str, &str, &str, &str)] = &[
     ("", "services", "", "create delete get list patch watch"),
     ("events.k8s.io", "events", "", "create patch"),
 ];
-/// And in the release namespace, for leader election.
-const LEADER_RULES: &[(&str, &str, &str, &str)] = &[
-    ("coordination.k8s.io", "leases", "", "create"),
-    ("coordination.k8s.io", "leases", LEASE, "get update"),
-];
+/// And in the release namespace, for leader election, on the release's own Lease.
+fn leader_rules(lease: &str) -> BTreeSet<(String, String, String, String)> {
+    expected(&[
+        ("coordination.k8s.io", "leases", "", "create"),
+        ("coordination.k8s.io", "leases", lease, "get update"),
+    ])
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Scope {
@@ -62,9 +62,135 @@ async fn cluster_role_suffices_and_is_minimal() {
     scenario("rbac-clusterrole", Scope::ClusterWide).await;
 }
 
+/// A start with the chart's RBAC short of one grant it cannot work without fails within
+/// seconds, naming the verb and resource and how to grant them, where it used to start
+/// anyway and retry 403s forever, Ready never: `list pods`, then `update` of the Lease.
+#[tokio::test]
+async fn a_start_short_of_a_grant_fails_at_once_naming_it() {
+    let env = TestEnv::without_operator("rbac-short").await;
+    let ns = env.ns.clone();
+    let chart = helm_template(&ns, Scope::Namespaced);
+    let sa_name = chart
+        .iter()
+        .find(|o| kind_of(o) == "ServiceAccount")
+        .map(|o| name_of(o).to_string())
+        .expect("a ServiceAccount in the render");
+    let sa = format!("system:serviceaccount:{ns}:{sa_name}");
+    let lease = "crane-operator-leader";
+    let lease_ref = format!("leases.coordination.k8s.io/{lease}");
+    let n = ["-n", ns.as_str()];
+    // (the Role, the resource, the verb taken away, `kubectl auth can-i` of it, what the
+    // refusal must say)
+    let cases = [
+        (
+            "crane-operator",
+            "pods",
+            "list",
+            vec!["list", "pods"],
+            format!("list pods (core) in namespace {ns}"),
+        ),
+        (
+            "crane-operator-leader-election",
+            "leases",
+            "update",
+            vec!["update", lease_ref.as_str()],
+            format!("update lease {lease} (coordination.k8s.io) in namespace {ns}"),
+        ),
+    ];
+    let mut token = None;
+    for (role, resource, verb, can_i_args, says) in cases {
+        let mut objects = chart.clone();
+        let rules = objects
+            .iter_mut()
+            .find(|o| kind_of(o) == "Role" && name_of(o) == role)
+            .and_then(|o| o["rules"].as_array_mut())
+            .unwrap_or_else(|| panic!("no Role {role} in the render"));
+        let rule = rules
+            .iter_mut()
+            .find(|r| r["resources"][0] == resource && r["verbs"].to_string().contains(verb))
+            .unwrap_or_else(|| panic!("no rule with {verb} {resource} in the Role {role}"));
+        let verbs = rule["verbs"].as_array_mut().expect("verbs");
+        verbs.retain(|v| v != verb);
+        env.kubectl_result(&["apply", "-f", "-"], Some(&as_yaml(&objects)))
+            .unwrap_or_else(|e| panic!("apply the chart's RBAC without {verb} {resource}: {e}"));
+        // The API server's authorizer reads the Role from its cache: wait until it says no
+        // (and yes again to what the case before took away).
+        let mut probe: Vec<&str> = can_i_args.clone();
+        probe.extend(n);
+        wait_for(
+            &format!("{sa} refused {verb} {resource}"),
+            SHORT,
+            || async {
+                (!can_i(&sa, &probe)
+                    && can_i(&sa, &["list", "pods", "-n", &ns]) == (resource != "pods"))
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            },
+        )
+        .await;
+
+        let token = token
+            .get_or_insert_with(|| env.kubectl(&["create", "token", &sa_name, "--duration", "1h"]));
+        let kubeconfig = token_kubeconfig(&ns, token.trim());
+        let mut operator = Operator::start_with_kubeconfig(
+            &ns,
+            &[
+                "--leader-elect",
+                "--leader-elect-namespace",
+                &ns,
+                "--leader-elect-lease-name",
+                lease,
+            ],
+            &kubeconfig,
+        );
+        let status = wait_for(
+            &format!("the operator without {verb} {resource} to exit"),
+            SHORT,
+            || {
+                let exited = operator.exit_status().ok_or_else(|| {
+                    let log = operator.log_text();
+                    let tail: Vec<String> = log
+                        .lines()
+                        .rev()
+                        .take(2)
+                        .map(|l| l.chars().take(200).collect())
+                        .collect();
+                    format!("still running; its log ends {tail:?}")
+                });
+                async move { exited }
+            },
+        )
+        .await;
+        let log = operator.log_text();
+        assert!(!status.success(), "it exited with {status}: {log}");
+        assert!(
+            log.contains(&format!("{sa} may not {says}")) && log.contains("rbac.create"),
+            "the refusal names neither what is missing ({says}) nor how to grant it:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("verbs: [\"{verb}\"]")),
+            "the refusal shows no rule that grants {verb}:\n{log}"
+        );
+    }
+    env.cleanup().await;
+}
+
 /// Deletes the cluster-scoped objects of a render when dropped (the namespace takes the
 /// rest with it), also when the test fails.
-struct ClusterScoped(Vec<(String, String)>);
+pub(crate) struct ClusterScoped(pub(crate) Vec<(String, String)>);
+
+impl ClusterScoped {
+    /// The cluster-scoped objects among `objects`.
+    pub(crate) fn of(objects: &[Value]) -> Self {
+        Self(
+            objects
+                .iter()
+                .filter(|o| kind_of(o).starts_with("Cluster"))
+                .map(|o| (kind_of(o).to_string(), name_of(o).to_string()))
+                .collect(),
+        )
+    }
+}
 
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
@@ -79,39 +205,51 @@ impl Drop for ClusterScoped {
 }
 
 fn helm_template(ns: &str, scope: Scope) -> Vec<Value> {
-    let chart = repo_root().join(CHART);
-    let chart = chart.to_str().expect("a UTF-8 path");
-    let mut args = vec![
-        "template",
-        "crane-operator",
-        chart,
-        "--namespace",
-        ns,
-        "--show-only",
-        "templates/serviceaccount.yaml",
-        "--show-only",
-        "templates/rbac.yaml",
-    ];
     let watch = format!("watchNamespace={ns}");
     // The cluster-wide objects are named after the release: one name per test namespace, so
     // that runs and tests never share (or delete) each other's ClusterRole.
     let fullname = format!("fullnameOverride={ns}");
-    match scope {
-        Scope::Namespaced => args.extend(["--set", watch.as_str()]),
-        Scope::ClusterWide => args.extend(["--set", fullname.as_str()]),
+    let set = match scope {
+        Scope::Namespaced => watch.as_str(),
+        Scope::ClusterWide => fullname.as_str(),
+    };
+    render_chart(
+        ns,
+        &["templates/serviceaccount.yaml", "templates/rbac.yaml"],
+        &[set],
+    )
+}
+
+/// The chart's `templates` only, rendered by `helm template` for namespace `ns` with the
+/// values `set` (K=V each).
+pub(crate) fn render_chart(ns: &str, templates: &[&str], set: &[&str]) -> Vec<Value> {
+    let chart = repo_root().join(CHART);
+    let chart = chart.to_str().expect("a UTF-8 path");
+    let mut args = vec!["template", "crane-operator", chart, "--namespace", ns];
+    for template in templates {
+        args.extend(["--show-only", template]);
+    }
+    for value in set {
+        args.extend(["--set", value]);
     }
     let yaml = run_tool("helm", &args, None).unwrap_or_else(|e| panic!("helm {args:?}: {e}"));
-    serde_yaml::Deserializer::from_str(&yaml)
-        .map(|doc| Value::deserialize(doc).expect("helm renders YAML"))
-        .filter(|v| !v.is_null())
+    // Empty documents (a template that renders nothing) are skipped.
+    serde_saphyr::from_multiple(&yaml).expect("helm renders YAML")
+}
+
+/// The objects as one multi-document YAML, for `kubectl apply -f -`.
+pub(crate) fn as_yaml(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).expect("YAML")))
         .collect()
 }
 
-fn kind_of(obj: &Value) -> &str {
+pub(crate) fn kind_of(obj: &Value) -> &str {
     obj["kind"].as_str().unwrap_or_default()
 }
 
-fn name_of(obj: &Value) -> &str {
+pub(crate) fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
 }
 
@@ -150,7 +288,7 @@ fn expected(table: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, Str
 
 /// `kubectl auth can-i` as the ServiceAccount (impersonated by the admin): true for "yes"
 /// (exit 0), false for "no" (exit 1, "no" on stdout, perhaps with a reason).
-fn can_i(sa: &str, args: &[&str]) -> bool {
+pub(crate) fn can_i(sa: &str, args: &[&str]) -> bool {
     let mut all = vec!["auth", "can-i", "--as", sa];
     all.extend_from_slice(args);
     let says_no = |out: &str| {
@@ -199,26 +337,22 @@ async fn scenario(test: &str, scope: Scope) {
         );
         assert_eq!(role["metadata"]["namespace"], ns.as_str());
     }
+    // The Lease is the release's: `<fullname>-leader`.
+    let fullname = match scope {
+        Scope::Namespaced => "crane-operator",
+        Scope::ClusterWide => ns.as_str(),
+    };
+    let lease = format!("{fullname}-leader");
     // Minimal on paper: exactly the verbs the operator uses, no secrets, no wildcards.
     assert_eq!(rules(role), expected(OPERATOR_RULES), "{role_kind} rules");
     assert_eq!(
         rules(leader_role),
-        expected(LEADER_RULES),
+        leader_rules(&lease),
         "leader-election rules"
     );
 
-    let _cluster_scoped = ClusterScoped(
-        objects
-            .iter()
-            .filter(|o| kind_of(o).starts_with("Cluster"))
-            .map(|o| (kind_of(o).to_string(), name_of(o).to_string()))
-            .collect(),
-    );
-    let yaml: String = objects
-        .iter()
-        .map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("YAML")))
-        .collect();
-    env.kubectl_result(&["apply", "-f", "-"], Some(&yaml))
+    let _cluster_scoped = ClusterScoped::of(&objects);
+    env.kubectl_result(&["apply", "-f", "-"], Some(&as_yaml(&objects)))
         .unwrap_or_else(|e| panic!("apply the chart's ServiceAccount and RBAC: {e}"));
 
     // --- the operator with the ServiceAccount's token -------------------------------------
@@ -226,7 +360,13 @@ async fn scenario(test: &str, scope: Scope) {
     let kubeconfig = token_kubeconfig(&ns, token.trim());
     let mut operator = Operator::start_with_kubeconfig(
         &ns,
-        &["--leader-elect", "--leader-elect-namespace", &ns],
+        &[
+            "--leader-elect",
+            "--leader-elect-namespace",
+            &ns,
+            "--leader-elect-lease-name",
+            &lease,
+        ],
         &kubeconfig,
     );
     let forbidden = |operator: &Operator| -> Vec<String> {
@@ -244,7 +384,7 @@ async fn scenario(test: &str, scope: Scope) {
 
     // Leases: create, get, update (renewals every 2 s).
     let holder = wait_for("the operator to take the leader Lease", LONG, || async {
-        env.lease_holder()
+        env.lease_holder_of(&lease)
             .await?
             .ok_or_else(|| format!("no holder; forbidden: {:?}", forbidden(&operator)))
     })
@@ -386,7 +526,10 @@ async fn scenario(test: &str, scope: Scope) {
     .await;
 
     assert_eq!(
-        env.lease_holder().await.expect("read the Lease").as_deref(),
+        env.lease_holder_of(&lease)
+            .await
+            .expect("read the Lease")
+            .as_deref(),
         Some(holder.as_str()),
         "the leader kept its Lease (renewals need leases get/update)"
     );
@@ -477,9 +620,9 @@ async fn scenario(test: &str, scope: Scope) {
         with(&["create", "services"], &n),
         with(&["create", "events.events.k8s.io"], &n),
         with(&["create", "leases.coordination.k8s.io"], &n),
-        with(&["get", &format!("leases.coordination.k8s.io/{LEASE}")], &n),
+        with(&["get", &format!("leases.coordination.k8s.io/{lease}")], &n),
         with(
-            &["update", &format!("leases.coordination.k8s.io/{LEASE}")],
+            &["update", &format!("leases.coordination.k8s.io/{lease}")],
             &n,
         ),
     ];

@@ -40,17 +40,21 @@ case ${1:-} in
   *) echo "usage: tests/incluster/test.sh (no arguments)" >&2; exit 2 ;;
 esac
 
+# PyYAML: hack/field.py reads the chart's values.
+"$root/hack/debian-packages.sh" "make incluster" python3:python3 /usr/lib/python3/dist-packages/yaml/__init__.py:python3-yaml
+
 chart=$root/charts/crane-operator
 release=crane-incluster
 ns=crane-incluster
 deployment=$release-crane-operator
 metrics_service=$deployment-metrics
-lease=crane-operator-leader
+# The chart names the Lease after the release (leaderElection.leaseName empty).
+lease=$deployment-leader
 timeout=${CRANE_INCLUSTER_TIMEOUT:-120}
 socket=$root/.cluster/node/containerd/containerd.sock
 # The images of make image (hack/image.sh names them the same way).
-repository=$(sed -n '/^image:/,/^[^ ]/s/^  repository: *//p' "$chart/values.yaml")
-tag=$(sed -n '/^version = "\(.*\)"$/{s//\1/p;q}' "$root/Cargo.toml")
+repository=$("$root/hack/field.py" "$chart/values.yaml" image repository)
+tag=$("$root/hack/field.py" "$root/Cargo.toml" package version)
 upgrade_tag=$tag-upgrade
 app_image=localhost/crane-app:dev
 work=$(mktemp -d)

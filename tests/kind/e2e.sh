@@ -55,6 +55,7 @@ operations::sigterm_exits_cleanly                                signals an oper
 operations::sigterm_releases_the_leader_lease                    signals an operator process it starts
 rbac::namespaced_role_suffices_and_is_minimal                    runs an operator process with the namespaced RBAC token of the chart
 rbac::cluster_role_suffices_and_is_minimal                       runs an operator process with the cluster RBAC token of the chart
+rbac::a_start_short_of_a_grant_fails_at_once_naming_it           runs operator processes with the namespaced RBAC of the chart short of one grant
 poison::an_object_the_operator_cannot_decode_stops_no_other      starts an operator process with an undecodable object present and reads its /readyz
 '
 

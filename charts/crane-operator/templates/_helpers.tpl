@@ -40,6 +40,20 @@ helm.sh/chart: {{ include "crane-operator.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- include "crane-operator.commonLabels" . }}
+{{- end }}
+
+{{/*
+commonLabels, each on a line of its own (a leading newline each), refused where they would
+repeat one of the chart's own labels (a duplicate key, which the API server refuses).
+*/}}
+{{- define "crane-operator.commonLabels" -}}
+{{- range $key, $value := .Values.commonLabels }}
+{{- if or (hasPrefix "app.kubernetes.io/" $key) (eq $key "helm.sh/chart") }}
+{{- fail (printf "commonLabels.%s: the chart sets the app.kubernetes.io/ labels and helm.sh/chart itself" $key) }}
+{{- end }}
+{{ $key }}: {{ $value | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -91,6 +105,30 @@ Name of the metrics Service (also the target of the helm test pod).
 */}}
 {{- define "crane-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "crane-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The leader-election Lease: leaderElection.leaseName, else "<fullname>-leader" (one per
+release; "crane-operator-leader" for the release "crane-operator").
+*/}}
+{{- define "crane-operator.leaseName" -}}
+{{- .Values.leaderElection.leaseName | default (printf "%s-leader" (include "crane-operator.fullname" .)) }}
+{{- end }}
+
+{{/*
+crane-operator.monitoring: "true" when the Prometheus Operator object of (dict "root" $
+"values" "serviceMonitor" "kind" "ServiceMonitor") is to be rendered, by its enabled and
+renderMode; fails the render for failIfMissing where the kind is not served.
+*/}}
+{{- define "crane-operator.monitoring" -}}
+{{- $values := index .root.Values .values }}
+{{- if $values.enabled }}
+{{- $served := .root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind) }}
+{{- if or $served (eq $values.renderMode "alwaysRender") }}true
+{{- else if eq $values.renderMode "failIfMissing" }}
+{{- fail (printf "%s.enabled: this cluster does not serve monitoring.coreos.com/v1 %s (install the Prometheus Operator's CRDs first; helm template needs --api-versions monitoring.coreos.com/v1/%s), and %s.renderMode is failIfMissing" .values .kind .kind .values) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
