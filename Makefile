@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 E2E_THREADS ?= 6
 
-.PHONY: help cluster cluster-down run demo dashboard install-plugin test prerequisites lint unit chart incluster e2e chaos crd bench bench-fleet bench-smoke build image deploy simulate
+.PHONY: help cluster cluster-down run demo dashboard install-plugin test prerequisites lint unit chart incluster e2e chaos crd bench bench-fleet bench-smoke build image deploy simulate simulate-test
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -84,7 +84,20 @@ chaos: cluster ## Chaos tests: operator SIGKILLs, API server and etcd restarts, 
 prerequisites:
 	@tests/cluster/prerequisites.sh
 
-test: prerequisites lint unit chart incluster e2e chaos bench-smoke ## Everything CI runs (as root, on Debian or Ubuntu)
+# make simulate: the controller in seeded worlds (tests/simulate/main.rs). Its own profile
+# (optimised, assertions on) and flags: a seeded tokio runtime (tokio_unstable) and the
+# simulation's own getrandom, which std finds through the dynamic symbol table (-rdynamic).
+SEEDS ?= 300
+TEST_SEEDS ?= 2000
+SIMULATE_RUSTFLAGS := --cfg tokio_unstable -C link-arg=-rdynamic
+simulate: ## The whole controller against a simulated API server and cluster in seeded worlds: SEEDS=N from FIRST=S, SEED=S replays one (its trace; SIMULATE_LOG=debug adds the operator's log)
+	@echo "[simulate] building the simulation (profile simulate; the first build takes several minutes)"
+	RUSTFLAGS="$(SIMULATE_RUSTFLAGS)" SEEDS="$(SEEDS)" SEED="$(SEED)" FIRST="$(FIRST)" $(CARGO) test --locked --profile simulate --test simulate
+
+test: prerequisites lint unit simulate-test chart incluster e2e chaos bench-smoke ## Everything CI runs (as root, on Debian or Ubuntu)
+
+simulate-test:
+	$(MAKE) simulate SEEDS=$(TEST_SEEDS) SEED= FIRST=1
 
 # make bench runs the local cluster with 100 nodes (room for 10,000 pods) and without the
 # client-side rate limits of kube-controller-manager and kube-scheduler (crane-operator has

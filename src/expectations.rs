@@ -218,6 +218,11 @@ impl Expectations {
         })
     }
 
+    /// The record of `key`, for a debug log.
+    pub fn debug_record(&self, key: &str) -> Option<String> {
+        self.with(|r| r.get(key).map(|rec| format!("{rec:?}")))
+    }
+
     /// Forget a CraneReplicaSet (deleted).
     pub fn forget(&self, key: &str) {
         self.with(|r| r.remove(key));

@@ -123,6 +123,7 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         ..Desired::new(&uid, crs.spec.replicas, &selector)
     };
     let plan = planner::plan(&desired, &pods, settled);
+    debug!(object = %key, settled, ?plan, pods = pods.len(), expectations = ?ctx.expectations.debug_record(&key), "planned");
     let pod_api: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), &ns);
 
     if !deleting {

@@ -513,8 +513,9 @@ enum Fault {
     Refuse(u16, &'static str, Option<u64>),
     /// Not carried out: the connection broke first.
     DropBefore,
-    /// Carried out, but answered with this error.
-    LoseAnswer(u16, &'static str),
+    /// Carried out, but answered with this error (with a Retry-After, as a proxy's
+    /// timeout may carry one).
+    LoseAnswer(u16, &'static str, Option<u64>),
     /// Carried out, but the connection broke before the answer.
     DropAfter,
 }
@@ -621,12 +622,31 @@ impl ApiServer {
         self.notify();
     }
 
-    async fn serve(self, id: ClientId, call: Call) -> Result<Response<Body>, BoxError> {
+    /// Answers one request on `reply`, unless its client goes away while it waits (as
+    /// kube-apiserver cancels a request whose connection closed before it was stored: a
+    /// killed operator's queued creates are not carried out; one already being stored is).
+    async fn serve(
+        self,
+        id: ClientId,
+        call: Call,
+        mut reply: oneshot::Sender<Result<Response<Body>, BoxError>>,
+    ) {
+        tokio::select! {
+            answer = self.clone().answer(id, &call) => {
+                let _ = reply.send(answer);
+            }
+            () = reply.closed() => {
+                self.lock().trace(format!("client {id}: {} cancelled: the client went away", call.describe()));
+            }
+        }
+    }
+
+    async fn answer(self, id: ClientId, call: &Call) -> Result<Response<Body>, BoxError> {
         let (fault, before, after, watch_rates) = {
             let mut s = self.lock();
             s.stats.requests += 1;
             let fault = if s.faults_on && !(call.kind == Kind::Lease && id == 0) {
-                draw_fault(&mut s, &call)
+                draw_fault(&mut s, call)
             } else {
                 Fault::None
             };
@@ -685,11 +705,11 @@ impl ApiServer {
                 .get("watch")
                 .is_some_and(|w| w == "true" || w == "1")
         {
-            return Ok(self.watch(id, &call, watch_rates));
+            return Ok(self.watch(id, call, watch_rates));
         }
         let (code, body) = {
             let mut s = self.lock();
-            let out = handle(&mut s, id, &call);
+            let out = handle(&mut s, id, call);
             if call.is_write() && call.kind != Kind::Lease && id != 0 {
                 *s.stats.writes.entry(id).or_default() += 1;
                 *s.stats
@@ -699,7 +719,14 @@ impl ApiServer {
             }
             // Leases renewed are left out: they would drown the rest.
             if call.kind != Kind::Lease || out.0 >= 300 {
-                let line = format!("client {id}: {} -> {}", call.describe(), out.0);
+                let made = match (&call.method, out.1["metadata"]["name"].as_str()) {
+                    (&Method::POST, Some(name)) if out.0 < 300 => format!(" {name}"),
+                    _ => String::new(),
+                };
+                let mut line = format!("client {id}: {} -> {}{made}", call.describe(), out.0);
+                if s.verbose && call.method == Method::PATCH {
+                    line.push_str(&format!(" {}", String::from_utf8_lossy(&call.body)));
+                }
                 s.trace(line);
             }
             out
@@ -707,13 +734,18 @@ impl ApiServer {
         self.notify();
         tokio::time::sleep(after).await;
         match fault {
-            Fault::LoseAnswer(code, reason) => {
+            Fault::LoseAnswer(code, reason, retry_after) => {
                 self.lock().trace(format!(
                     "client {id}: the answer to {} lost: {code} {reason}",
                     call.describe()
                 ));
                 let (code, body) = status(code, reason, &format!("simulated: {reason}"));
-                Ok(json_response(code, &body))
+                let mut resp = json_response(code, &body);
+                if let Some(secs) = retry_after {
+                    resp.headers_mut()
+                        .insert(http::header::RETRY_AFTER, secs.into());
+                }
+                Ok(resp)
             }
             Fault::DropAfter => {
                 self.lock().trace(format!(
@@ -875,9 +907,9 @@ fn draw_fault(s: &mut State, call: &Call) -> Fault {
     if s.rng.chance(refuse) {
         return match s.rng.below(6) {
             0 => Fault::Refuse(429, "TooManyRequests", Some(1)),
-            1 => Fault::Refuse(503, "ServiceUnavailable", None),
+            1 => Fault::Refuse(503, "ServiceUnavailable", Some(1)),
             2 => Fault::Refuse(500, "InternalError", None),
-            3 => Fault::Refuse(504, "Timeout", None),
+            3 => Fault::Refuse(504, "Timeout", s.rng.chance(0.5).then_some(1)),
             4 if call.method == Method::POST && call.kind == Kind::Pod => {
                 Fault::Refuse(403, "Forbidden", None)
             }
@@ -886,8 +918,8 @@ fn draw_fault(s: &mut State, call: &Call) -> Fault {
     }
     if call.is_write() && s.rng.chance(lose) {
         return match s.rng.below(3) {
-            0 => Fault::LoseAnswer(504, "Timeout"),
-            1 => Fault::LoseAnswer(500, "InternalError"),
+            0 => Fault::LoseAnswer(504, "Timeout", s.rng.chance(0.5).then_some(1)),
+            1 => Fault::LoseAnswer(500, "InternalError", None),
             _ => Fault::DropAfter,
         };
     }
@@ -1347,11 +1379,11 @@ impl Service<Request<kube::client::Body>> for Endpoint {
                     return Ok(json_response(code, &st));
                 }
             };
-            // The server carries the request out even if the client goes away (a killed
-            // operator's last request may still be stored).
+            // The server works on its own task: a request being stored when its client goes
+            // away is still stored (see `serve`).
             let (tx, rx) = oneshot::channel();
             tokio::spawn(async move {
-                let _ = tx.send(server.serve(id, call).await);
+                server.serve(id, call, tx).await;
             });
             rx.await
                 .map_err(|_| BoxError::from("simulated server gone"))?

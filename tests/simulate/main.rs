@@ -135,10 +135,18 @@ fn main() {
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
         |n| n.max(1) as usize,
     );
-    let regressions: Vec<u64> = include_str!("regressions.txt")
-        .lines()
-        .filter_map(|l| l.split('#').next()?.trim().parse().ok())
-        .collect();
+    // REGRESSIONS=0 leaves out the kept seeds (a mutation run counts schedules from 1).
+    let regressions: Vec<u64> = if env_u64("REGRESSIONS") == Some(0) {
+        Vec::new()
+    } else {
+        include_str!("regressions.txt")
+            .lines()
+            .filter_map(|l| l.split('#').next()?.trim().parse().ok())
+            .collect()
+    };
+    // FAIL_FAST=1 stops at the first violation (tests/simulate/mutants.sh).
+    let fail_fast = env_u64("FAIL_FAST").is_some_and(|f| f != 0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let seeds: Vec<u64> = regressions
         .iter()
         .copied()
@@ -152,13 +160,13 @@ fn main() {
     );
     let next = AtomicUsize::new(0);
     let (faults, requests, done) = (AtomicU64::new(0), AtomicU64::new(0), AtomicUsize::new(0));
-    let failed: Mutex<Vec<(u64, world::Outcome)>> = Mutex::new(Vec::new());
+    let failed: Mutex<Vec<(usize, u64, world::Outcome)>> = Mutex::new(Vec::new());
     let settle_max = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
-                loop {
+                while !stop.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&seed) = seeds.get(i) else { break };
                     let outcome = run_one(seed);
@@ -172,10 +180,14 @@ fn main() {
                             "[simulate] seed {seed}: {} (replay: make simulate SEED={seed})",
                             outcome.violations[0]
                         );
-                        failed
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((seed, outcome));
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).push((
+                            i + 1,
+                            seed,
+                            outcome,
+                        ));
+                        if fail_fast {
+                            stop.store(true, Ordering::Relaxed);
+                        }
                     }
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if n % (seeds.len() / 10).max(1) == 0 {
@@ -191,7 +203,9 @@ fn main() {
     });
     let failed = failed.into_inner().unwrap_or_else(|p| p.into_inner());
     let elapsed = started.elapsed();
-    if let Some((seed, outcome)) = failed.iter().min_by_key(|(s, _)| *s) {
+    let ran = done.load(Ordering::Relaxed);
+    if let Some((index, seed, outcome)) = failed.iter().min_by_key(|(i, _, _)| *i) {
+        println!("[simulate] first violation in schedule {index} (seed {seed})");
         println!(
             "[simulate] the trace of seed {seed} (last lines), {}:",
             outcome.plan
@@ -206,7 +220,7 @@ fn main() {
     println!(
         "[simulate] {:.0} s, {:.1} schedules per second, slowest settle {:.1} s, {} requests",
         elapsed.as_secs_f64(),
-        seeds.len() as f64
+        ran as f64
             / elapsed
                 .as_secs_f64()
                 .max(Duration::from_millis(1).as_secs_f64()),
@@ -215,15 +229,15 @@ fn main() {
     );
     println!(
         "{} schedules, {} faults injected, {} invariant violations",
-        seeds.len(),
+        ran,
         faults.load(Ordering::Relaxed),
         failed
             .iter()
-            .map(|(_, o)| o.violations.len())
+            .map(|(_, _, o)| o.violations.len())
             .sum::<usize>()
     );
     if !failed.is_empty() {
-        let seeds: Vec<String> = failed.iter().map(|(s, _)| s.to_string()).collect();
+        let seeds: Vec<String> = failed.iter().map(|(_, s, _)| s.to_string()).collect();
         println!(
             "[simulate] failing seeds: {} (replay one: make simulate SEED=S)",
             seeds.join(" ")
