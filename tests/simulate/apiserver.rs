@@ -503,6 +503,8 @@ fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
 pub struct ApiServer {
     state: Arc<Mutex<State>>,
     committed: watch::Sender<u64>,
+    /// Turns true when the faults stop: requests held back by one go on at once.
+    healed: watch::Sender<bool>,
 }
 
 /// What the fault injector chose for one request.
@@ -544,11 +546,18 @@ impl ApiServer {
         Self {
             state: Arc::new(Mutex::new(state)),
             committed: watch::channel(1000).0,
+            healed: watch::channel(false).0,
         }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the faults: requests held back (slow, or a stalled Lease) go on now.
+    pub fn heal(&self) {
+        self.lock().faults_on = false;
+        self.healed.send_replace(true);
     }
 
     /// Tells the watches that something was committed.
@@ -675,7 +684,11 @@ impl ApiServer {
             let watch_rates = s.rates.clone();
             (fault, before, after, watch_rates)
         };
-        tokio::time::sleep(before).await;
+        let mut healed = self.healed.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(before) => {}
+            _ = healed.wait_for(|h| *h) => {}
+        }
         match fault {
             Fault::Refuse(code, reason, retry_after) => {
                 self.lock().trace(format!(
@@ -724,7 +737,7 @@ impl ApiServer {
                     _ => String::new(),
                 };
                 let mut line = format!("client {id}: {} -> {}{made}", call.describe(), out.0);
-                if s.verbose && call.method == Method::PATCH {
+                if s.verbose && matches!(call.method, Method::PATCH | Method::POST) {
                     line.push_str(&format!(" {}", String::from_utf8_lossy(&call.body)));
                 }
                 s.trace(line);
