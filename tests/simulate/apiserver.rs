@@ -1169,7 +1169,12 @@ fn patch(s: &mut State, call: &Call, ns: &str, name: &str, patch: Value) -> (u16
         }
         return not_found(kind, name);
     };
-    if let Some(uid) = patch["metadata"]["uid"].as_str()
+    // A UID in the patch is a precondition of the main resource (its UID is immutable);
+    // the status subresource takes the status only and ignores it (as kube-apiserver's
+    // status strategy does).
+    if let Some(uid) = patch["metadata"]["uid"]
+        .as_str()
+        .filter(|_| call.sub.is_none())
         && Some(uid) != old["metadata"]["uid"].as_str()
     {
         return status(
