@@ -92,7 +92,7 @@ TEST_SEEDS ?= 2000
 SIMULATE_RUSTFLAGS := --cfg tokio_unstable -C link-arg=-rdynamic
 simulate: ## The whole controller against a simulated API server and cluster in seeded worlds: SEEDS=N from FIRST=S, SEED=S replays one (its trace; SIMULATE_LOG=debug adds the operator's log)
 	@echo "[simulate] building the simulation (profile simulate; the first build takes several minutes)"
-	RUSTFLAGS="$(SIMULATE_RUSTFLAGS)" SEEDS="$(SEEDS)" SEED="$(SEED)" FIRST="$(FIRST)" $(CARGO) test --locked --profile simulate --test simulate
+	RUSTFLAGS="$(SIMULATE_RUSTFLAGS)" SEEDS="$(SEEDS)" SEED="$(SEED)" FIRST="$(FIRST)" FAIL_FAST="$(FAIL_FAST)" REGRESSIONS="$(REGRESSIONS)" $(CARGO) test --locked --profile simulate --test simulate
 
 test: prerequisites lint unit simulate-test chart incluster e2e chaos bench-smoke ## Everything CI runs (as root, on Debian or Ubuntu)
 
