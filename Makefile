@@ -46,7 +46,7 @@ lint: ## rustfmt, clippy, shellcheck, promtool check rules, actionlint (workflow
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@hack/debian-packages.sh "make lint" shellcheck:shellcheck
-	shellcheck -x hack/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh tests/argocd/*.sh tests/release/*.sh .ci/run
+	shellcheck -x hack/*.sh tests/simulate/*.sh tests/cluster/*.sh tests/chart/*.sh tests/incluster/*.sh tests/kind/*.sh tests/argocd/*.sh tests/release/*.sh .ci/run
 	tests/cluster/build.sh exec promtool check rules charts/crane-operator/files/alerts.yaml
 	tests/cluster/build.sh exec actionlint -no-color
 	tests/cluster/build.sh exec hadolint --no-color Dockerfile
