@@ -40,6 +40,11 @@ struct Record {
     unknown: Vec<Instant>,
     deletions: HashSet<String>,
     since: Instant,
+    /// Pods whose creation was answered (stored) but not yet seen by the watch, each with
+    /// the count of pod watch relists begun before the answer came.
+    answered: Vec<(String, u64)>,
+    /// Pods of this record the watch has shown (an answer that comes after is not waited for).
+    seen: HashSet<String>,
 }
 
 impl Record {
@@ -69,6 +74,8 @@ pub struct Expectations {
     records: Mutex<HashMap<Key, Record>>,
     /// The pod watch failed and has not relisted since (see [`Expectations::pod_watch`]).
     pod_watch_broken: std::sync::atomic::AtomicBool,
+    /// Relists of the pod watch begun so far (see [`Expectations::relist_done`]).
+    relists: std::sync::atomic::AtomicU64,
 }
 
 impl Expectations {
@@ -94,6 +101,8 @@ impl Expectations {
             unknown: Vec::new(),
             deletions: deletions.into_iter().map(str::to_string).collect(),
             since: Instant::now(),
+            answered: Vec::new(),
+            seen: HashSet::new(),
         };
         self.with(|r| r.insert(key.to_string(), record));
     }
@@ -110,6 +119,66 @@ impl Expectations {
                 }
             }
         });
+    }
+
+    /// The watch saw the new pod `pod` of the CraneReplicaSet `owner`.
+    pub fn pod_observed(&self, key: &str, owner: &str, pod: &str) {
+        self.creation_observed(key, owner);
+        self.with(|r| {
+            if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
+                rec.answered.retain(|(uid, _)| uid != pod);
+                rec.seen.insert(pod.to_string());
+            }
+        });
+    }
+
+    /// The creation of pod `pod` was answered: it is stored. Should it be deleted before
+    /// the watch shows it, while the watch relists, the relist will not show it either
+    /// ([`Expectations::relist_done`]).
+    pub fn creation_answered(&self, key: &str, owner: &str, pod: &str) {
+        let relists = self.relists.load(std::sync::atomic::Ordering::SeqCst);
+        self.with(|r| {
+            if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner)
+                && !rec.seen.contains(pod)
+            {
+                rec.answered.push((pod.to_string(), relists));
+            }
+        });
+    }
+
+    /// The pod watch begins a relist (its list request goes out after this).
+    pub fn relist_started(&self) {
+        self.relists
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The pod watch completed a relist, whose pods of each record are `present(key,
+    /// owner)`: a pod whose creation was answered before the relist began and that the
+    /// consistent list does not hold came and went unseen (deleted before the watch showed
+    /// it). It is no longer waited for, instead of for the whole timeout. Returns the keys
+    /// of the records that changed.
+    pub fn relist_done(&self, present: impl Fn(&str, &str) -> HashSet<String>) -> Vec<Key> {
+        let epoch = self.relists.load(std::sync::atomic::Ordering::SeqCst);
+        self.with(|r| {
+            let mut changed = Vec::new();
+            for (key, rec) in r.iter_mut() {
+                if !rec.answered.iter().any(|(_, at)| *at < epoch) {
+                    continue;
+                }
+                let listed = present(key, &rec.owner);
+                let before = rec.answered.len();
+                rec.answered
+                    .retain(|(uid, at)| *at >= epoch || listed.contains(uid));
+                let gone = before - rec.answered.len();
+                if gone > 0 {
+                    rec.creations = rec.creations.saturating_sub(gone);
+                    let excess = rec.unknown.len().saturating_sub(rec.creations);
+                    rec.unknown.drain(..excess);
+                    changed.push(key.clone());
+                }
+            }
+            changed
+        })
     }
 
     /// A creation's answer was lost: it may have been stored. It stays expected until the

@@ -131,6 +131,8 @@ pub(super) async fn create_pods(
             match &result {
                 Ok(created) => {
                     ctx.metrics.pods_created.inc();
+                    let pod = created.uid().unwrap_or_default();
+                    ctx.expectations.creation_answered(&key, &uid, &pod);
                     let note = format!("Created pod: {}", created.name_any());
                     let related = Some(created.object_ref(&()));
                     ctx.event(
