@@ -645,6 +645,7 @@ pub async fn run(
         client.clone(),
         Series::new(MANAGER, config.instance),
         events_rx,
+        metrics.events_dropped.clone(),
     )));
     let ctx = Arc::new(Context {
         client: client.clone(),
