@@ -645,6 +645,7 @@ pub async fn run(
         client.clone(),
         Series::new(MANAGER, config.instance),
         events_rx,
+        metrics.events_dropped.clone(),
     )));
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -729,13 +730,22 @@ pub(crate) mod fixtures {
     /// A context whose client talks to a scripted API, with empty caches. The client
     /// retries as the operator's own does ([`crate::client::SafeRetry`]).
     pub fn scripted_context() -> (Context, ApiHandle) {
+        let (ctx, handle, _) = scripted_context_with_events();
+        (ctx, handle)
+    }
+
+    /// The events a context published, as its publisher would receive them.
+    pub type Published = tokio::sync::mpsc::Receiver<(Event, ObjectReference)>;
+
+    /// [`scripted_context`], and the other end of its event queue.
+    pub fn scripted_context_with_events() -> (Context, ApiHandle, Published) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let service = tower::ServiceBuilder::new()
             .layer(tower::retry::RetryLayer::new(
                 crate::client::SafeRetry::default(),
             ))
             .service(service);
-        let (events, _) = tokio::sync::mpsc::channel(recorder::QUEUE);
+        let (events, published) = tokio::sync::mpsc::channel(recorder::QUEUE);
         let (services, _) = reflector::store::<Service>();
         let ctx = Context {
             client: Client::new(service, "default"),
@@ -749,7 +759,17 @@ pub(crate) mod fixtures {
             status_written: PerObject::default(),
             deferred: PerObject::default(),
         };
-        (ctx, handle)
+        (ctx, handle, published)
+    }
+
+    /// The events published so far: (reason, note, the pod or Service it names).
+    pub fn events_of(published: &mut Published) -> Vec<(String, String, Option<String>)> {
+        std::iter::from_fn(|| published.try_recv().ok())
+            .map(|(ev, _)| {
+                let related = ev.secondary.and_then(|r| r.name);
+                (ev.reason, ev.note.unwrap_or_default(), related)
+            })
+            .collect()
     }
 
     /// An API answer: `status` with a JSON body.

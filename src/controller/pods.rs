@@ -108,7 +108,50 @@ pub(super) async fn patch_pod(
     }
 }
 
-/// Creates `n` pods in slow-start batches; stops at the first failing batch.
+/// Pods named in an event's note, at most this many; the rest are counted.
+const NAMED_PODS: usize = 10;
+
+/// `a, b, c`, or the first [`NAMED_PODS`] names `and N more`.
+fn listed(names: &[&str]) -> String {
+    let shown = names[..names.len().min(NAMED_PODS)].join(", ");
+    match names.len().saturating_sub(NAMED_PODS) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// The note of a pass's event about the pods it created or deleted: `Created pod: a` for
+/// one, `Created 12 pods: a, b, ... and 2 more` for several.
+pub(super) fn pods_note(verb: &str, names: &[&str]) -> String {
+    match names {
+        [one] => format!("{verb} pod: {one}"),
+        _ => format!("{verb} {} pods: {}", names.len(), listed(names)),
+    }
+}
+
+/// Announces what a pass did to `pods` in one event: the pod it concerns when there is
+/// one, none when there are several (a Deployment's scale events name no pod either).
+fn announce(
+    crs: &CraneReplicaSet,
+    ctx: &Context,
+    (type_, reason, action): (EventType, &str, &str),
+    note: String,
+    pods: &[ObjectReference],
+) {
+    let related = match pods {
+        [one] => Some(one.clone()),
+        _ => None,
+    };
+    ctx.event(crs, type_, reason, action, note, related);
+}
+
+const CREATED: (EventType, &str, &str) = (EventType::Normal, "SuccessfulCreate", "Create");
+const CREATE_FAILED: (EventType, &str, &str) = (EventType::Warning, "FailedCreate", "Create");
+const DELETED: (EventType, &str, &str) = (EventType::Normal, "SuccessfulDelete", "Delete");
+const DELETE_FAILED: (EventType, &str, &str) = (EventType::Warning, "FailedDelete", "Delete");
+
+/// Creates `n` pods in slow-start batches; stops at the first failing batch. The pass's
+/// creations are one event, its failures another.
 pub(super) async fn create_pods(
     crs: &CraneReplicaSet,
     ctx: &Context,
@@ -122,81 +165,77 @@ pub(super) async fn create_pods(
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
+    let mut created = Vec::new();
+    let mut failed = 0;
     let mut issued = 0;
+    let mut stopped_by = None;
     for batch in planner::slow_start_batches(n) {
         issued += batch;
         let started = crate::clock::Instant::now();
-        let results = future::join_all((0..batch).map(|_| async {
-            let result = api.create(&params, &pod).await;
-            match &result {
-                Ok(created) => {
-                    ctx.metrics.pods_created.inc();
-                    let pod = created.uid().unwrap_or_default();
-                    ctx.expectations.creation_answered(&key, &uid, &pod);
-                    let note = format!("Created pod: {}", created.name_any());
-                    let related = Some(created.object_ref(&()));
-                    ctx.event(
-                        crs,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        "Create",
-                        note,
-                        related,
-                    );
-                }
-                // Nothing to report: the namespace and everything in it are going away.
-                Err(e) if namespace_terminating(e) => {}
-                Err(e) => {
-                    ctx.event(
-                        crs,
-                        EventType::Warning,
-                        "FailedCreate",
-                        "Create",
-                        format!("Error creating: {}", error_message(e)),
-                        None,
-                    );
-                }
-            }
-            result
-        }))
-        .await;
+        let results = future::join_all((0..batch).map(|_| api.create(&params, &pod))).await;
         debug!(object = %key, batch, took = ?started.elapsed(), "created a batch of pods");
-        let mut first_error = None;
         for result in results {
             match result {
-                Ok(_) => {}
-                // A create whose outcome is unknown may have made the pod: its expectation
-                // stays until the watch shows it (or the expectations' timeout), so no pass
-                // makes it again; and, as any failure, it stops the slow start.
-                Err(e) if may_have_been_stored(&e) => {
-                    ctx.expectations.creation_unknown(&key, &uid);
-                    first_error.get_or_insert(e);
+                Ok(pod) => {
+                    ctx.metrics.pods_created.inc();
+                    let answered = pod.uid().unwrap_or_default();
+                    ctx.expectations.creation_answered(&key, &uid, &answered);
+                    created.push(pod.object_ref(&()));
                 }
                 Err(e) => {
-                    ctx.expectations.creation_observed(&key, &uid);
-                    first_error.get_or_insert(e);
+                    // A create whose outcome is unknown may have made the pod: its
+                    // expectation stays until the watch shows it (or the expectations'
+                    // timeout), so no pass makes it again; and, as any failure, it stops
+                    // the slow start.
+                    if may_have_been_stored(&e) {
+                        ctx.expectations.creation_unknown(&key, &uid);
+                    } else {
+                        ctx.expectations.creation_observed(&key, &uid);
+                    }
+                    // Nothing to report: the namespace and everything in it are going away.
+                    if !namespace_terminating(&e) {
+                        failed += 1;
+                    }
+                    stopped_by.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_error {
-            for _ in issued..n {
-                ctx.expectations.creation_observed(&key, &uid);
-            }
-            if namespace_terminating(&e) {
-                debug!(object = %key, "the namespace is terminating: no more pods");
-                return None;
-            }
-            warn!(object = %key, error = %e, "creating pods failed");
-            return Some(Failure {
-                reason: "FailedCreate",
-                message: error_message(&e),
-            });
+        if stopped_by.is_some() {
+            break;
         }
     }
-    None
+    if !created.is_empty() {
+        let names: Vec<&str> = created.iter().filter_map(|p| p.name.as_deref()).collect();
+        let note = pods_note("Created", &names);
+        announce(crs, ctx, CREATED, note, &created);
+    }
+    let e = stopped_by?;
+    for _ in issued..n {
+        ctx.expectations.creation_observed(&key, &uid);
+    }
+    if namespace_terminating(&e) {
+        debug!(object = %key, "the namespace is terminating: no more pods");
+        return None;
+    }
+    warn!(object = %key, error = %e, "creating pods failed");
+    let message = error_message(&e);
+    let note = match failed {
+        1 => format!("Error creating: {message}"),
+        n => format!("Error creating {n} pods: {message}"),
+    };
+    announce(crs, ctx, CREATE_FAILED, note, &[]);
+    Some(Failure {
+        reason: "FailedCreate",
+        message,
+    })
 }
 
-/// Deletes the chosen pods, each only if it is still the pod that was chosen (UID).
+fn names_of<'a>(pods: &[&'a PodFacts]) -> Vec<&'a str> {
+    pods.iter().map(|p| p.name.as_str()).collect()
+}
+
+/// Deletes the chosen pods, each only if it is still the pod that was chosen (UID). The
+/// pass's deletions are one event, its failures another.
 pub(super) async fn delete_pods(
     crs: &CraneReplicaSet,
     ctx: &Context,
@@ -204,7 +243,7 @@ pub(super) async fn delete_pods(
     victims: &[PodFacts],
 ) -> Option<Failure> {
     let key = key_of(crs);
-    let results = future::join_all(victims.iter().map(|pod| async {
+    let results = future::join_all(victims.iter().map(|pod| {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(pod.uid.clone()),
@@ -212,49 +251,50 @@ pub(super) async fn delete_pods(
             }),
             ..DeleteParams::default()
         };
-        let result = api.delete(&pod.name, &params).await;
-        match &result {
+        async move { (pod, api.delete(&pod.name, &params).await) }
+    }))
+    .await;
+    let (mut deleted, mut failed) = (Vec::new(), Vec::new());
+    let mut first_error = None;
+    for (pod, result) in results {
+        match result {
             Ok(_) => {
                 ctx.metrics.pods_deleted.inc();
-                let note = format!("Deleted pod: {}", pod.name);
-                let related = Some(pod_ref(crs, pod));
-                ctx.event(
-                    crs,
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    "Delete",
-                    note,
-                    related,
-                );
+                deleted.push(pod);
             }
-            Err(e) if matches!(api_status(e), Some(404 | 409)) => {
+            // Gone already, or replaced: the watch shows it, nothing failed.
+            Err(e) if matches!(api_status(&e), Some(404 | 409)) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
             }
             Err(e) => {
                 ctx.expectations.deletion_observed(&key, &pod.uid);
-                let note = format!("Error deleting pod {}: {}", pod.name, error_message(e));
-                let related = Some(pod_ref(crs, pod));
-                ctx.event(
-                    crs,
-                    EventType::Warning,
-                    "FailedDelete",
-                    "Delete",
-                    note,
-                    related,
-                );
+                failed.push(pod);
+                first_error.get_or_insert(e);
             }
         }
-        result
-    }))
-    .await;
-    results
-        .into_iter()
-        .filter_map(Result::err)
-        .find(|e| !matches!(api_status(e), Some(404 | 409)))
-        .map(|e| Failure {
-            reason: "FailedDelete",
-            message: error_message(&e),
-        })
+    }
+    let refs = |pods: &[&PodFacts]| -> Vec<ObjectReference> {
+        pods.iter().map(|p| pod_ref(crs, p)).collect()
+    };
+    if !deleted.is_empty() {
+        let note = pods_note("Deleted", &names_of(&deleted));
+        announce(crs, ctx, DELETED, note, &refs(&deleted));
+    }
+    let e = first_error?;
+    let message = error_message(&e);
+    let note = match names_of(&failed).as_slice() {
+        [one] => format!("Error deleting pod {one}: {message}"),
+        several => format!(
+            "Error deleting {} pods ({}): {message}",
+            several.len(),
+            listed(several)
+        ),
+    };
+    announce(crs, ctx, DELETE_FAILED, note, &refs(&failed));
+    Some(Failure {
+        reason: "FailedDelete",
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -417,5 +457,126 @@ mod tests {
         ] {
             assert_refused(create_two(first).await, what);
         }
+    }
+
+    /// A scripted API that answers every pod creation with a pod named `crane-<n>` (the
+    /// n-th creation), or with `refuse` from the creation `refuse_from` on; and every
+    /// deletion of a pod named in `delete_fails` with a 500, any other with 200.
+    fn pod_api(
+        refuse_from: usize,
+        delete_fails: &'static [&'static str],
+    ) -> (Context, Published, Api<Decoded<Pod>>) {
+        let (ctx, mut api, published) = scripted_context_with_events();
+        tokio::spawn(async move {
+            let mut posts = 0;
+            while let Some((req, send)) = api.next_request().await {
+                let path = req.uri().path().to_string();
+                let reply = match *req.method() {
+                    Method::POST => {
+                        posts += 1;
+                        if posts > refuse_from {
+                            failure(403, "Forbidden")
+                        } else {
+                            let name = format!("crane-{}", posts - 1);
+                            answer(201, serde_json::to_value(ours(&name)).unwrap())
+                        }
+                    }
+                    _ if delete_fails
+                        .iter()
+                        .any(|n| path.ends_with(&format!("/{n}"))) =>
+                    {
+                        failure(500, "InternalError")
+                    }
+                    _ => answer(200, serde_json::to_value(ours("gone")).unwrap()),
+                };
+                send.send_response(reply);
+            }
+        });
+        let pods = Api::namespaced(ctx.client.clone(), "default");
+        (ctx, published, pods)
+    }
+
+    fn event(reason: &str, note: &str, related: Option<&str>) -> (String, String, Option<String>) {
+        (reason.into(), note.into(), related.map(String::from))
+    }
+
+    #[tokio::test]
+    async fn a_pass_announces_its_creations_in_one_event_naming_at_most_ten_pods() {
+        let (ctx, mut published, pods) = pod_api(usize::MAX, &[]);
+        assert_eq!(create_pods(&crane(12), &ctx, &pods, 12).await, None);
+        let names: Vec<String> = (0..10).map(|i| format!("crane-{i}")).collect();
+        assert_eq!(
+            events_of(&mut published),
+            [event(
+                "SuccessfulCreate",
+                &format!("Created 12 pods: {} and 2 more", names.join(", ")),
+                None
+            )],
+            "one event for the pass's 12 creations (slow start: 4 batches), naming no pod"
+        );
+
+        assert_eq!(create_pods(&crane(1), &ctx, &pods, 1).await, None);
+        assert_eq!(
+            events_of(&mut published),
+            [event(
+                "SuccessfulCreate",
+                "Created pod: crane-12",
+                Some("crane-12")
+            )],
+            "one pod: named, and the event's related object"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_whose_creations_fail_announces_the_error_once() {
+        // Slow start: a batch of 1 (made), then a batch of 2 (both refused); the pass stops.
+        let (ctx, mut published, pods) = pod_api(1, &[]);
+        ctx.expectations.expect("default/crane", "crs-uid", 5, NONE);
+        let failure = create_pods(&crane(5), &ctx, &pods, 5).await;
+        assert_eq!(failure.map(|f| f.reason), Some("FailedCreate"));
+        assert_eq!(
+            events_of(&mut published),
+            [
+                event("SuccessfulCreate", "Created pod: crane-0", Some("crane-0")),
+                event("FailedCreate", "Error creating 2 pods: Forbidden", None),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_announces_its_deletions_and_their_failures_in_one_event_each() {
+        let (ctx, mut published, pods) = pod_api(0, &["crane-c"]);
+        let victims: Vec<PodFacts> = ["crane-a", "crane-b", "crane-c"]
+            .map(|n| PodFacts::from_pod(&ours(n)))
+            .into();
+        let failure = delete_pods(&crane(0), &ctx, &pods, &victims).await;
+        assert_eq!(failure.map(|f| f.reason), Some("FailedDelete"));
+        assert_eq!(
+            events_of(&mut published),
+            [
+                event("SuccessfulDelete", "Deleted 2 pods: crane-a, crane-b", None),
+                event(
+                    "FailedDelete",
+                    "Error deleting pod crane-c: InternalError",
+                    Some("crane-c")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_event_names_ten_pods_then_counts_the_rest() {
+        let names: Vec<String> = (0..11).map(|i| format!("p{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(pods_note("Deleted", &names[..1]), "Deleted pod: p0");
+        assert_eq!(pods_note("Deleted", &names[..2]), "Deleted 2 pods: p0, p1");
+        assert_eq!(
+            pods_note("Created", &names[..10]),
+            "Created 10 pods: p0, p1, p2, p3, p4, p5, p6, p7, p8, p9"
+        );
+        assert_eq!(
+            pods_note("Created", &names),
+            "Created 11 pods: p0, p1, p2, p3, p4, p5, p6, p7, p8, p9 and 1 more"
+        );
     }
 }

@@ -35,23 +35,35 @@ async fn creates_replicas_and_reports_status() {
         .collect();
     assert!(failures.is_empty(), "{failures:?}");
 
+    // One pass made the three pods: one event names them all (and one the Service).
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
-    wait_for("3 SuccessfulCreate events", SHORT, || async {
+    let notes = wait_for("the SuccessfulCreate events", SHORT, || async {
         let list = events
             .list(&ListParams::default())
             .await
             .map_err(|e| e.to_string())?;
-        let created = list
+        let mut notes: Vec<String> = list
             .items
             .iter()
             .filter(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
-            .count();
-        // Three pods and the Service.
-        (created == 4)
-            .then_some(())
-            .ok_or(format!("{created} SuccessfulCreate events"))
+            .filter_map(|e| e.note.clone())
+            .collect();
+        notes.sort();
+        (notes.len() == 2)
+            .then_some(notes.clone())
+            .ok_or(format!("{notes:?}"))
     })
     .await;
+    let named: Option<BTreeSet<String>> = notes[0]
+        .strip_prefix("Created 3 pods: ")
+        .map(|n| n.split(", ").map(String::from).collect());
+    assert_eq!(
+        named.as_ref(),
+        Some(&names),
+        "one event for the pass that made the pods, naming each: {notes:?}"
+    );
+    assert_eq!(notes[1], "Created service: crane-http");
     env.cleanup().await;
 }
 
