@@ -2,6 +2,7 @@
 # Reintroduces each defect in tests/simulate/mutations/ in turn (on a clean work tree),
 # runs the simulator until its first violation (at most MUTANT_SEEDS schedules, the kept
 # regression seeds left out), undoes it, and prints how many schedules each took.
+# MUTANTS="name ..." runs only those.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! git diff --quiet -- src; then
@@ -12,6 +13,9 @@ seeds=${MUTANT_SEEDS:-2000}
 results=()
 for patch in tests/simulate/mutations/*.patch; do
     name=$(basename "$patch" .patch)
+    if [[ -n ${MUTANTS:-} && " $MUTANTS " != *" $name "* ]]; then
+        continue
+    fi
     echo "[mutants] $name: applying, building, running up to $seeds schedules"
     git apply "$patch"
     out=$(make --no-print-directory simulate SEEDS="$seeds" FAIL_FAST=1 REGRESSIONS=0 2>&1 || true)
