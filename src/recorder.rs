@@ -36,8 +36,9 @@ pub const SIMILAR_EVENTS: usize = 10;
 pub const SIMILAR_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 /// client-go's spam filter: writes of events about one object that may come at once...
 pub const SPAM_BURST: f64 = 25.0;
-/// ...and how long it takes to earn one more. A new event past the budget is dropped (and
-/// counted); a series past it keeps counting and is written once the budget allows.
+/// ...and how long it takes to earn one more. A new event past the budget is dropped, and
+/// so is a series' count update (both counted), as client-go's filter drops what it
+/// rejects: nothing waits minutes to be written after the news is over.
 pub const SPAM_REFILL: SignedDuration = SignedDuration::from_mins(5);
 
 /// How often the counts of growing series are written back: at most one write per second
@@ -154,6 +155,8 @@ pub struct Series {
     similar: HashMap<(RefKey, &'static str, String), Similar>,
     /// Per regarding object, while not full.
     budgets: HashMap<RefKey, Budget>,
+    /// Count updates dropped for their object's budget since [`Series::take_dropped`].
+    dropped: u64,
 }
 
 impl Series {
@@ -164,6 +167,7 @@ impl Series {
             published: HashMap::new(),
             similar: HashMap::new(),
             budgets: HashMap::new(),
+            dropped: 0,
         }
     }
 
@@ -274,8 +278,14 @@ impl Series {
         Write::Create(Box::new(event))
     }
 
+    /// Count updates dropped for their object's budget since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
     /// The series whose counts grew since the last flush and whose object has the budget
-    /// to write them (now marked written), and forgets the series that ended.
+    /// to write them (now marked written; the others' updates are dropped), and forgets the
+    /// series that ended.
     pub fn flush(&mut self, now: Timestamp) -> Vec<K8sEvent> {
         self.published
             .retain(|_, p| p.dirty || p.last_seen + SERIES_TTL > now);
@@ -288,9 +298,11 @@ impl Series {
                     .budgets
                     .entry(key.regarding.clone())
                     .or_insert_with(|| Budget::full(now));
+                p.dirty = false;
                 if budget.take(now) {
-                    p.dirty = false;
                     written.push(p.event.clone());
+                } else {
+                    self.dropped += 1;
                 }
             }
         }
@@ -334,7 +346,11 @@ pub async fn publish(
                 }
                 None => break,
             },
-            _ = tick.tick() => write_series(&client, series.flush(crate::clock::now())).await,
+            _ = tick.tick() => {
+                let flushed = series.flush(crate::clock::now());
+                dropped.inc_by(series.take_dropped());
+                write_series(&client, flushed).await;
+            }
         }
     }
     write_series(&client, series.flush(crate::clock::now())).await;
@@ -608,17 +624,19 @@ mod tests {
     }
 
     #[test]
-    fn a_series_past_its_objects_budget_is_written_once_the_budget_allows() {
+    fn a_series_past_its_objects_budget_is_dropped_not_held_back() {
         let mut s = Series::new("crane-operator", None);
         let t0 = Timestamp::now();
         for i in 0..25 {
             s.observe(ev(&format!("Reason{i}")), &crs(), t0);
         }
         assert_eq!(s.observe(ev("Reason0"), &crs(), t0), Write::Counted);
-        assert!(s.flush(t0).is_empty(), "no budget left: the count waits");
-        let flushed = s.flush(t0 + SPAM_REFILL);
-        assert_eq!(flushed.len(), 1);
-        assert_eq!(flushed[0].series.as_ref().map(|s| s.count), Some(2));
+        assert!(s.flush(t0).is_empty(), "no budget left");
+        assert_eq!(s.take_dropped(), 1, "the update is dropped and counted");
+        assert!(
+            s.flush(t0 + SPAM_REFILL).is_empty(),
+            "nothing is written minutes after the news is over"
+        );
     }
 
     /// What the budget drops is counted, for the `events_dropped` metric.
