@@ -695,13 +695,7 @@ impl ApiServer {
                     "client {id}: {} -> {code} {reason} (not carried out)",
                     call.describe()
                 ));
-                let (code, body) = status(code, reason, &format!("simulated: {reason}"));
-                let mut resp = json_response(code, &body);
-                if let Some(secs) = retry_after {
-                    resp.headers_mut()
-                        .insert(http::header::RETRY_AFTER, secs.into());
-                }
-                return Ok(resp);
+                return Ok(simulated_failure(code, reason, retry_after));
             }
             Fault::DropBefore => {
                 self.lock().trace(format!(
@@ -752,13 +746,7 @@ impl ApiServer {
                     "client {id}: the answer to {} lost: {code} {reason}",
                     call.describe()
                 ));
-                let (code, body) = status(code, reason, &format!("simulated: {reason}"));
-                let mut resp = json_response(code, &body);
-                if let Some(secs) = retry_after {
-                    resp.headers_mut()
-                        .insert(http::header::RETRY_AFTER, secs.into());
-                }
-                Ok(resp)
+                Ok(simulated_failure(code, reason, retry_after))
             }
             Fault::DropAfter => {
                 self.lock().trace(format!(
@@ -903,6 +891,17 @@ impl ApiServer {
             .body(BodyExt::boxed_unsync(body))
             .expect("a valid response")
     }
+}
+
+/// A fault's answer: a `Status` failure, with a Retry-After when it carries one.
+fn simulated_failure(code: u16, reason: &str, retry_after: Option<u64>) -> Response<Body> {
+    let (code, body) = status(code, reason, &format!("simulated: {reason}"));
+    let mut resp = json_response(code, &body);
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, secs.into());
+    }
+    resp
 }
 
 fn json_response(code: u16, body: &Value) -> Response<Body> {
