@@ -31,6 +31,11 @@ pub const UNKNOWN_OUTCOME_TIMEOUT: Duration = Duration::from_secs(65);
 /// The key of a CraneReplicaSet: `namespace/name`.
 pub type Key = String;
 
+/// A creation of unknown outcome that failed at `failed` is taken as never stored at `now`.
+fn given_up(failed: Instant, now: Instant) -> bool {
+    now.duration_since(failed) >= UNKNOWN_OUTCOME_TIMEOUT
+}
+
 #[derive(Debug)]
 struct Record {
     /// The UID of the CraneReplicaSet the record is for.
@@ -59,7 +64,7 @@ impl Record {
         let given_up = if watch_works {
             self.unknown
                 .iter()
-                .filter(|failed| now.duration_since(**failed) >= UNKNOWN_OUTCOME_TIMEOUT)
+                .filter(|failed| given_up(**failed, now))
                 .count()
         } else {
             0
@@ -250,8 +255,7 @@ impl Expectations {
         self.with(|r| {
             if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
                 let before = rec.unknown.len();
-                rec.unknown
-                    .retain(|failed| now.duration_since(*failed) < UNKNOWN_OUTCOME_TIMEOUT);
+                rec.unknown.retain(|failed| !given_up(*failed, now));
                 rec.creations = rec.creations.saturating_sub(before - rec.unknown.len());
             }
         });
