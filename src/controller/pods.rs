@@ -350,9 +350,7 @@ mod tests {
         });
         let failure = create_pods(&crs, &ctx, &pods, 2).await;
         let met = ctx.expectations.satisfied("default/crane", "crs-uid");
-        let gives_up_in = ctx
-            .expectations
-            .unknown_expires_in("default/crane", "crs-uid");
+        let gives_up_in = ctx.expectations.wait_ends_in("default/crane", "crs-uid");
         let observed = watcher::Event::Apply(ours("crane-a"));
         let crs_cache = reflector::store::<CraneReplicaSet>().0;
         super::super::on_pod_event(&observed, &ctx.pods, &crs_cache, &ctx.expectations);

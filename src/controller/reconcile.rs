@@ -47,21 +47,25 @@ pub(super) fn read_in_order<P>(
     (settled, pods())
 }
 
-/// Creations of unknown outcome are past their timeout, but the pod watch failed since and
-/// resumed without a relist, so the cache cannot say they were never stored: a consistent
-/// list of the object's pods can. A pod it shows that the cache lacks may be one of them
-/// (the watch is still delivering it): they stay expected. Otherwise they were not stored
-/// (kube-apiserver ends every request within its timeout): the pass goes on without them,
-/// instead of waiting out the record's whole timeout.
-async fn settle_unknown(
+/// The record of the object waits for what its cache cannot tell
+/// ([`crate::expectations::Expectations::overdue`]): creations of unknown outcome past
+/// their timeout behind a pod watch that resumed without a relist, or a creation answered
+/// long ago that the watch never showed. A consistent list of the object's pods tells: an
+/// answered pod it lacks was deleted before the watch showed it, and if it shows no pod of
+/// the object that the cache lacks (one the watch is still delivering), the creations of
+/// unknown outcome were not stored. The pass goes on without them, instead of waiting out
+/// the record's whole timeout (5 minutes).
+async fn settle_overdue(
     ctx: &Context,
     key: &str,
     ns: &str,
-    name: &str,
+    selector: &Selector,
     uid: &str,
 ) -> Result<(), Error> {
     let api: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), ns);
-    let params = kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={name}"));
+    // The object's selector, not its owner label: a pod of its own stays its own as long
+    // as it matches, whatever else its labels say.
+    let params = kube::api::ListParams::default().labels_from(selector);
     let listed = api
         .list_metadata(&params)
         .await
@@ -74,21 +78,21 @@ async fn settle_unknown(
         .into_iter()
         .map(|p| p.uid)
         .collect();
-    let unseen = listed.items.iter().any(|p| {
-        let ours = p
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == uid);
-        ours && !p.metadata.uid.as_ref().is_some_and(|u| cached.contains(u))
-    });
-    if unseen {
-        debug!(object = %key, "creations of unknown outcome may have been stored: still expected");
-    } else {
-        info!(object = %key, "creations of unknown outcome were not stored: no longer expected");
-        ctx.expectations.give_up_unknown(key, uid);
-    }
+    let listed: std::collections::HashSet<String> = listed
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+        })
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let unseen = listed.iter().any(|u| !cached.contains(u));
+    debug!(object = %key, listed = listed.len(), unseen, "looked up creations the cache cannot tell");
+    ctx.expectations.settle_overdue(key, uid, &listed, unseen);
     Ok(())
 }
 
@@ -106,8 +110,8 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
                 object: key.clone(),
                 message: e.to_string(),
             })?;
-    if ctx.expectations.unknown_overdue(&key, &uid) {
-        settle_unknown(ctx, &key, &ns, &crs.name_any(), &uid).await?;
+    if ctx.expectations.overdue(&key, &uid) {
+        settle_overdue(ctx, &key, &ns, &selector, &uid).await?;
     }
     let (settled, pods) = read_in_order(
         || ctx.expectations.satisfied(&key, &uid),
@@ -193,10 +197,11 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
         });
     }
     let recheck = written.recheck.map(|d| d + Duration::from_millis(100));
-    // Creations of unknown outcome are given up on after a while: look again then.
+    // Creations of unknown outcome are given up on, answered ones unseen looked up, after
+    // a while: look again then.
     let unknown = ctx
         .expectations
-        .unknown_expires_in(&key, &uid)
+        .wait_ends_in(&key, &uid)
         .map(|d| d + Duration::from_millis(100));
     // The periodic look is never put off past RESYNC, even by a recheck a day away
     // (minReadySeconds).
