@@ -344,6 +344,11 @@ impl Expectations {
         self.with(|r| r.remove(key));
     }
 
+    /// The keys of the CraneReplicaSets a record is kept for.
+    pub fn keys(&self) -> Vec<Key> {
+        self.with(|r| r.keys().cloned().collect())
+    }
+
     /// How many CraneReplicaSets have outstanding expectations (a metric).
     pub fn unsatisfied(&self) -> usize {
         self.with(|r| r.values().filter(|rec| !rec.fulfilled()).count())

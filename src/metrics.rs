@@ -329,6 +329,12 @@ impl Metrics {
 
     /// The pass of `key` starts: how long it waited goes into the queue histogram. A pass
     /// that no trigger asked for (a requeue coming due) waited for nothing.
+    /// The objects waiting in the work queue (see [`Metrics::enqueued`]).
+    pub fn queued_keys(&self) -> Vec<String> {
+        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        queued.keys().cloned().collect()
+    }
+
     pub fn dequeued(&self, key: &str) {
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = queued.remove(key) {
@@ -397,9 +403,45 @@ pub struct Health {
     lists_failing: Mutex<std::collections::BTreeSet<&'static str>>,
     /// The objects the watches cannot decode, reported by `/healthz` and `/readyz`.
     pub skipped: Arc<crate::decode::Skipped>,
+    /// The running controller, to measure what it keeps (see [`Footprint`]).
+    controller: Mutex<Option<std::sync::Weak<dyn Footprinted>>>,
+}
+
+/// What a running controller keeps in memory, to check that it is bounded by what exists:
+/// nothing is kept for an object that is gone (the simulator checks it in every world).
+#[derive(Clone, Debug, Default)]
+pub struct Footprint {
+    /// Each kind of state kept per CraneReplicaSet, with the keys (`namespace/name`) it is
+    /// kept for.
+    pub per_object: Vec<(&'static str, Vec<String>)>,
+    /// Pods in the pod cache.
+    pub pods: usize,
+    /// Entries of the pod cache's indexes: controllers with pods, and orphans.
+    pub pod_index: usize,
+}
+
+/// A controller whose [`Footprint`] can be measured.
+pub trait Footprinted: Send + Sync {
+    fn footprint(&self) -> Footprint;
 }
 
 impl Health {
+    /// The controller now running in this process is `controller`.
+    pub fn running(&self, controller: std::sync::Weak<dyn Footprinted>) {
+        *self.controller.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller);
+    }
+
+    /// What the running controller keeps, if one runs.
+    pub fn footprint(&self) -> Option<Footprint> {
+        let controller = self
+            .controller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()?
+            .upgrade()?;
+        Some(controller.footprint())
+    }
+
     /// The controller's caches are synced.
     pub fn set_ready(&self) {
         self.synced.store(true, Ordering::SeqCst);

@@ -232,6 +232,16 @@ impl PodCache {
         state.namespaces.values().map(|p| p.by_name.len()).sum()
     }
 
+    /// Entries of the indexes, in every namespace: controllers with pods, and orphans.
+    pub fn index_len(&self) -> usize {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state
+            .namespaces
+            .values()
+            .map(|p| p.by_controller.len() + p.orphans.len())
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

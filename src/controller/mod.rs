@@ -167,6 +167,11 @@ impl<V: Clone> PerObject<V> {
         self.lock().remove(key);
     }
 
+    /// The keys of what is kept.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Empties the map; returns the keys it held.
     pub(crate) fn take_keys(&self) -> Vec<String> {
         std::mem::take(&mut *self.lock()).into_keys().collect()
@@ -281,7 +286,44 @@ async fn may_adopt(crs: &CraneReplicaSet, ctx: &Context) -> Result<(), Error> {
     }
 }
 
+impl crate::metrics::Footprinted for Context {
+    fn footprint(&self) -> crate::metrics::Footprint {
+        crate::metrics::Footprint {
+            per_object: vec![
+                ("expectations", self.expectations.keys()),
+                ("failures", self.failures.keys()),
+                ("announced", self.announced.keys()),
+                ("status_written", self.status_written.keys()),
+                ("deferred", self.deferred.keys()),
+                ("work queue", self.metrics.queued_keys()),
+            ],
+            pods: self.pods.len(),
+            pod_index: self.pods.index_len(),
+        }
+    }
+}
+
 impl Context {
+    /// The objects something is kept for that the CraneReplicaSet cache no longer holds:
+    /// gone while the watch was down (a relist does not report what it no longer lists,
+    /// where client-go's informers deliver `DeletedFinalStateUnknown`), or left out as
+    /// undecodable. A pass for each finds it gone, or still undecodable, and does what
+    /// [`Context::not_in_cache`] says.
+    fn sweep(&self, cache: &Store<CraneReplicaSet>) -> Vec<ObjectRef<CraneReplicaSet>> {
+        use crate::metrics::Footprinted;
+        let kept: std::collections::BTreeSet<String> = self
+            .footprint()
+            .per_object
+            .into_iter()
+            .flat_map(|(_, keys)| keys)
+            .collect();
+        kept.iter()
+            .filter_map(|key| key.split_once('/'))
+            .map(|(ns, name)| ObjectRef::new(name).within(ns))
+            .filter(|obj| cache.get(obj).is_none())
+            .collect()
+    }
+
     /// Drops what is kept per CraneReplicaSet, once it is gone, its metrics included.
     fn forget(&self, namespace: &str, name: &str) {
         let key = &format!("{namespace}/{name}");
@@ -508,8 +550,13 @@ pub async fn run(
     // (see [`crate::decode`]), with each change counted into the work-queue metrics on its
     // way in.
     let (crs_cache, crs_writer) = reflector::store::<CraneReplicaSet>();
+    let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
+    // The CraneReplicaSet watch relisted: what is kept for objects it no longer holds is
+    // dropped (see [`Context::sweep`]).
+    let crs_relisted = Arc::new(tokio::sync::Notify::new());
     let crs_changes = {
         let (metrics, health) = (metrics.clone(), health.clone());
+        let (tx, relisted) = (trigger_tx.clone(), crs_relisted.clone());
         let watch = watcher(
             api_for::<Decoded<CraneReplicaSet>>(&client, ns),
             watch_config(),
@@ -529,6 +576,17 @@ pub async fn run(
                 },
             ),
         )
+        // As with kube's Controller::new, only a change is a reason for a pass; but what
+        // is kept for an object must go with it, whichever way it went (no pass may come
+        // otherwise: one left out as undecodable, say, or one with no pods left): its pass
+        // finds it gone, once the cache no longer holds it.
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Delete(crs)) => {
+                let _ = tx.unbounded_send(ObjectRef::from_obj(crs));
+            }
+            Ok(watcher::Event::InitDone) => relisted.notify_one(),
+            _ => {}
+        })
         .applied_objects()
         .inspect_ok(move |crs| metrics.enqueued(key_of(crs)))
     };
@@ -536,7 +594,6 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .trigger_backoff(watch_backoff());
     let expectations = Arc::new(Expectations::default());
-    let (trigger_tx, trigger_rx) = mpsc::unbounded::<ObjectRef<CraneReplicaSet>>();
 
     let pods = Arc::new(PodCache::default());
     let failures: Arc<PerObject<u32>> = Arc::default();
@@ -660,6 +717,18 @@ pub async fn run(
         deferred: PerObject::default(),
     });
     let state = ctx.clone();
+    health.running(Arc::downgrade(&ctx) as std::sync::Weak<dyn crate::metrics::Footprinted>);
+    let _sweeper = AbortOnDrop(tokio::spawn({
+        let (ctx, crs_cache, tx) = (ctx.clone(), crs_cache.clone(), trigger_tx.clone());
+        async move {
+            loop {
+                crs_relisted.notified().await;
+                for gone in ctx.sweep(&crs_cache) {
+                    let _ = tx.unbounded_send(gone);
+                }
+            }
+        }
+    }));
     controller
         .reconcile_on({
             let metrics = state.metrics.clone();

@@ -825,6 +825,25 @@ pub(super) mod tests {
         assert!(!text.contains(r#"name="crane""#), "{text}");
     }
 
+    /// What is kept for an object the cache no longer holds (gone while the watch was
+    /// down, or left out as undecodable) is swept: a pass for it finds it gone.
+    #[tokio::test]
+    async fn what_is_kept_for_an_object_the_cache_no_longer_holds_is_swept() {
+        let (ctx, _api) = scripted_context();
+        let (_, crs) = stores();
+        ctx.expectations.expect("default/crane", "crs-uid", 1, NONE);
+        ctx.failures.update("default/gone", "uid-g", |_| 1);
+        ctx.status_written
+            .update("other/gone", "uid-o", |_| crate::clock::Instant::now());
+        ctx.metrics.enqueued("default/queued-gone".into());
+        let swept: Vec<String> = ctx.sweep(&crs).iter().map(ref_key).collect();
+        assert_eq!(
+            swept,
+            ["default/gone", "default/queued-gone", "other/gone"],
+            "the object the cache holds is not swept"
+        );
+    }
+
     #[test]
     fn a_pod_observed_between_the_two_reads_of_a_pass_is_not_created_again() {
         let (pods, crs) = stores();

@@ -4,7 +4,7 @@
 //! the invariants that must hold once the world is quiet are checked.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,6 +231,15 @@ pub async fn run(seed: u64) -> Outcome {
             ));
         }
     }
+    if outcome.violations.is_empty() {
+        for (i, op) in operators.iter().enumerate() {
+            if let Err(problem) = op.bounded(&server) {
+                outcome
+                    .violations
+                    .push(format!("operator {}: {problem}", i + 1));
+            }
+        }
+    }
     for op in &mut operators {
         op.kill();
     }
@@ -289,6 +298,59 @@ impl Operator {
 
     fn kill(&mut self) {
         self.task.abort();
+    }
+
+    /// Memory per object stays bounded: once the world is quiet, what the running
+    /// controller keeps is kept for objects that exist (nothing for one that is gone: a
+    /// map that only grows is a leak over weeks of churn), and its pod cache holds the
+    /// pods that exist.
+    fn bounded(&self, server: &ApiServer) -> Result<(), String> {
+        let Some((metrics, health)) = self.shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        else {
+            return Ok(());
+        };
+        let Some(footprint) = health.footprint() else {
+            return Ok(()); // a standby: it keeps nothing
+        };
+        let s = server.lock();
+        let live: BTreeSet<String> = s
+            .all(Kind::Crs)
+            .map(|o| {
+                let (ns, name) = names(o);
+                format!("{ns}/{name}")
+            })
+            .collect();
+        let pods = s.all(Kind::Pod).count();
+        drop(s);
+        for (kind, keys) in &footprint.per_object {
+            if let Some(gone) = keys.iter().find(|k| !live.contains(*k)) {
+                return Err(format!("keeps {kind} for {gone}, which is gone"));
+            }
+        }
+        // Per-object metric series too (`namespace="…",name="…"`).
+        for line in metrics.encode().lines() {
+            let label = |l: &str| {
+                let start = line.find(&format!("{l}=\""))? + l.len() + 2;
+                let len = line[start..].find('"')?;
+                Some(line[start..start + len].to_string())
+            };
+            if let (Some(ns), Some(name)) = (label("namespace"), label("name")) {
+                let key = format!("{ns}/{name}");
+                if !live.contains(&key) {
+                    return Err(format!("exports a metric for {key}, which is gone: {line}"));
+                }
+            }
+        }
+        if footprint.pods != pods {
+            return Err(format!("caches {} pods, {pods} exist", footprint.pods));
+        }
+        if footprint.pod_index > footprint.pods {
+            return Err(format!(
+                "indexes {} entries for {} pods",
+                footprint.pod_index, footprint.pods
+            ));
+        }
+        Ok(())
     }
 }
 
