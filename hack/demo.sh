@@ -59,11 +59,17 @@ if [ -n "$local_cluster" ]; then
   fi
 fi
 
+# The kubectl plugin (what make install-plugin installs), for this demo only.
+log "building crane-operator (release; the first build takes a few minutes)"
+cargo build --release --locked --quiet
+mkdir -p .cluster/bin
+ln -sfn "$PWD/target/release/crane-operator" .cluster/bin/kubectl-crane
+export PATH="$PWD/.cluster/bin:$PATH"
+
 if curl -fsS --max-time 1 http://127.0.0.1:8080/readyz >/dev/null 2>&1; then
   log "using the operator already running on 127.0.0.1:8080"
 else
   log "no operator on 127.0.0.1:8080: starting one (log: .cluster/demo-operator.log)"
-  cargo build --release --locked --quiet
   target/release/crane-operator crd | kubectl apply --server-side --force-conflicts -f - >/dev/null
   # Not kubectl wait: on a CRD just created it fails at once ("<nil> ... expected []interface{}")
   # until the API server has written its first condition.
@@ -91,13 +97,15 @@ answered_by() { [ "$(curl -sS --max-time 3 "$url" 2>/dev/null)" = "You've hit $1
 say "The cluster: a real API server, scheduler and controller manager; kwok nodes for the tests, and one real node, crane-node-0"
 run kubectl get nodes
 
-say "The book's ReplicationController, as a CraneReplicaSet (1 replica of the book's app, $app_image, port 7070)"
-run cat manifests/examples/crane.yaml
-run kubectl apply -f manifests/examples/crane.yaml
+say "The book's first command, kubectl run crane --image=... --port=7070, made a ReplicationController in its day; kubectl crane run makes a CraneReplicaSet (1 replica of the book's app, $app_image)"
+run kubectl crane run crane --image="$app_image" --port=7070
 run kubectl wait --for=jsonpath='{.status.readyReplicas}'=1 crs/crane --timeout=60s
 
 say "Its pod, named crane-<5 random characters>, running on the real node"
 run kubectl get pods -o wide -l app=crane
+
+say "What it made is what the book's replication-controller.json describes, as a CraneReplicaSet (kubectl apply -f takes this file as well)"
+run cat manifests/examples/crane.yaml
 
 say "The LoadBalancer Service it made by itself (port 8080 -> targetPort 7070); the cluster's load balancer gives it an address"
 run kubectl get crs

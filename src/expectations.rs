@@ -91,7 +91,11 @@ impl Record {
         } else {
             0
         };
-        self.creations.saturating_sub(given_up) == 0 && self.deletions.is_empty()
+        // A creation answered is stored: never given up on time alone (its pod may be
+        // among those the lookup found unseen), whatever the count says.
+        self.creations.saturating_sub(given_up) == 0
+            && self.answered.is_empty()
+            && self.deletions.is_empty()
     }
 }
 
@@ -103,6 +107,10 @@ pub struct Expectations {
     pod_watch_broken: std::sync::atomic::AtomicBool,
     /// Relists of the pod watch begun so far (see [`Expectations::relist_done`]).
     relists: std::sync::atomic::AtomicU64,
+    /// Pods whose creation a lookup settled as gone ([`Expectations::settle_overdue`]),
+    /// with when: a watch that lags may still show them, and that sighting must not count
+    /// as one of a later record's creations (whose own pod would then be made again).
+    settled_gone: Mutex<HashMap<String, Instant>>,
 }
 
 impl Expectations {
@@ -150,6 +158,15 @@ impl Expectations {
 
     /// The watch saw the new pod `pod` of the CraneReplicaSet `owner`.
     pub fn pod_observed(&self, key: &str, owner: &str, pod: &str) {
+        let settled = self
+            .settled_gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod)
+            .is_some();
+        if settled {
+            return;
+        }
         self.creation_observed(key, owner);
         self.with(|r| {
             if let Some(rec) = r.get_mut(key).filter(|rec| rec.owner == owner) {
@@ -295,10 +312,19 @@ impl Expectations {
                     .collect();
                 rec.answered.retain(|a| !gone.contains(&a.uid));
                 rec.settle_gone(gone.len());
-                if !unseen {
+                if unseen {
+                    // One of them may be among the pods the watch has yet to show: not
+                    // given up on time alone for another while.
+                    rec.unknown.iter_mut().for_each(|failed| *failed = now);
+                } else {
                     let before = rec.unknown.len();
                     rec.unknown.retain(|failed| !given_up(*failed, now));
                     rec.creations = rec.creations.saturating_sub(before - rec.unknown.len());
+                }
+                if !gone.is_empty() {
+                    let mut settled = self.settled_gone.lock().unwrap_or_else(|p| p.into_inner());
+                    settled.retain(|_, at| now.duration_since(*at) < EXPECTATIONS_TIMEOUT);
+                    settled.extend(gone.into_iter().map(|uid| (uid, now)));
                 }
             }
         });
@@ -407,6 +433,45 @@ mod tests {
         e.pod_observed("ns/a", "u", "lagging");
         assert!(e.satisfied("ns/a", "u"));
         assert!(!e.overdue("ns/a", "u"));
+    }
+
+    /// A lookup settled a pod as gone; a watch that lags then shows it: that sighting is
+    /// not one of the next record's creations, whose own pod would be made again.
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_settled_as_gone_and_shown_late_does_not_count_for_the_next_record() {
+        let e = Expectations::default();
+        e.expect("ns/a", "u", 1, NONE);
+        e.creation_answered("ns/a", "u", "gone");
+        tokio::time::sleep(UNKNOWN_OUTCOME_TIMEOUT).await;
+        e.settle_overdue("ns/a", "u", &HashSet::new(), false);
+        assert!(e.satisfied("ns/a", "u"));
+        e.expect("ns/a", "u", 1, NONE);
+        e.pod_observed("ns/a", "u", "gone");
+        assert!(
+            !e.satisfied("ns/a", "u"),
+            "the late sighting of the gone pod is not the new creation"
+        );
+        e.pod_observed("ns/a", "u", "new");
+        assert!(e.satisfied("ns/a", "u"));
+    }
+
+    /// Two creations: one answered, one whose answer was lost but that was stored and has
+    /// been seen. The count says one creation is left, of unknown outcome; but the one
+    /// left is the answered pod, stored for sure: it is not given up on time alone.
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_creation_is_not_given_up_in_place_of_an_unknown_one_seen() {
+        let e = Expectations::default();
+        e.expect("ns/a", "u", 2, NONE);
+        e.creation_answered("ns/a", "u", "answered");
+        e.creation_unknown("ns/a", "u");
+        e.pod_observed("ns/a", "u", "lost-answer");
+        tokio::time::sleep(UNKNOWN_OUTCOME_TIMEOUT).await;
+        assert!(
+            !e.satisfied("ns/a", "u"),
+            "the answered pod is still to be seen"
+        );
+        e.pod_observed("ns/a", "u", "answered");
+        assert!(e.satisfied("ns/a", "u"));
     }
 
     #[test]

@@ -327,13 +327,14 @@ impl Metrics {
         self.workqueue_depth.set(queued.len() as i64);
     }
 
-    /// The pass of `key` starts: how long it waited goes into the queue histogram. A pass
-    /// that no trigger asked for (a requeue coming due) waited for nothing.
     /// The objects waiting in the work queue (see [`Metrics::enqueued`]).
     pub fn queued_keys(&self) -> Vec<String> {
         let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
         queued.keys().cloned().collect()
     }
+
+    /// The pass of `key` starts: how long it waited goes into the queue histogram. A pass
+    /// that no trigger asked for (a requeue coming due) waited for nothing.
 
     pub fn dequeued(&self, key: &str) {
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());

@@ -55,21 +55,19 @@ pub(super) fn read_in_order<P>(
 /// the object that the cache lacks (one the watch is still delivering), the creations of
 /// unknown outcome were not stored. The pass goes on without them, instead of waiting out
 /// the record's whole timeout (5 minutes).
-async fn settle_overdue(
-    ctx: &Context,
-    key: &str,
-    ns: &str,
-    selector: &Selector,
-    uid: &str,
-) -> Result<(), Error> {
+async fn settle_overdue(ctx: &Context, key: &str, ns: &str, selector: &Selector, uid: &str) {
     let api: Api<Decoded<Pod>> = Api::namespaced(ctx.client.clone(), ns);
     // The object's selector, not its owner label: a pod of its own stays its own as long
     // as it matches, whatever else its labels say.
     let params = kube::api::ListParams::default().labels_from(selector);
-    let listed = api
-        .list_metadata(&params)
-        .await
-        .map_err(kube_err("list the pods of", key))?;
+    let listed = match api.list_metadata(&params).await {
+        Ok(listed) => listed,
+        // The record stays as it is: the pass goes on without scaling, and looks again.
+        Err(e) => {
+            warn!(object = %key, error = %e, "could not look up creations the cache cannot tell");
+            return;
+        }
+    };
     // The cache is read after the list: a pod it gained meanwhile counts as unseen, which
     // only makes the pass wait.
     let cached: std::collections::HashSet<String> = ctx
@@ -81,19 +79,22 @@ async fn settle_overdue(
     let listed: std::collections::HashSet<String> = listed
         .items
         .iter()
+        // Its own, and orphans it would adopt (an answered pod released meanwhile is
+        // still one it counts once the watch shows it).
         .filter(|p| {
-            p.metadata
+            let controller = p
+                .metadata
                 .owner_references
                 .iter()
                 .flatten()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
+                .find(|o| o.controller == Some(true));
+            controller.is_none_or(|o| o.uid == uid)
         })
         .filter_map(|p| p.metadata.uid.clone())
         .collect();
     let unseen = listed.iter().any(|u| !cached.contains(u));
     debug!(object = %key, listed = listed.len(), unseen, "looked up creations the cache cannot tell");
     ctx.expectations.settle_overdue(key, uid, &listed, unseen);
-    Ok(())
 }
 
 pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Result<Action, Error> {
@@ -111,7 +112,7 @@ pub(super) async fn reconcile_inner(crs: &CraneReplicaSet, ctx: &Context) -> Res
                 message: e.to_string(),
             })?;
     if ctx.expectations.overdue(&key, &uid) {
-        settle_overdue(ctx, &key, &ns, &selector, &uid).await?;
+        settle_overdue(ctx, &key, &ns, &selector, &uid).await;
     }
     let (settled, pods) = read_in_order(
         || ctx.expectations.satisfied(&key, &uid),
