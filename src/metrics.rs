@@ -335,7 +335,6 @@ impl Metrics {
 
     /// The pass of `key` starts: how long it waited goes into the queue histogram. A pass
     /// that no trigger asked for (a requeue coming due) waited for nothing.
-
     pub fn dequeued(&self, key: &str) {
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(since) = queued.remove(key) {
