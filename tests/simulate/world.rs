@@ -31,7 +31,14 @@ use crate::rng::Rng;
 pub const BEYOND_JIFF: &str = "9999-12-31T23:59:59Z";
 
 const NAMESPACES: [&str; 2] = ["team-a", "team-b"];
-const NAMES: [&str; 3] = ["web", "api", "db"];
+/// The last name is as long as the CRD admits with a default Service name (`<name>-http`,
+/// 63 characters): a value at the edge of its format.
+const NAMES: [&str; 4] = [
+    "web",
+    "api",
+    "db",
+    "a-name-at-the-58-character-limit-that-leaves-room-for-http",
+];
 
 /// How long the world has, once the faults stop, to be right: a create of unknown outcome
 /// is waited for 65 s, a failed pass retried within its backoff (at most 60 s), a Lease
@@ -579,7 +586,7 @@ impl Users {
     }
 
     fn act(&mut self) {
-        match self.rng.below(14) {
+        match self.rng.below(15) {
             0..=2 => {
                 let ns = *self.rng.pick(&NAMESPACES).unwrap_or(&"team-a");
                 let name = *self.rng.pick(&NAMES).unwrap_or(&"web");
@@ -668,8 +675,61 @@ impl Users {
                     s.trace(format!("world: quota lifted in {ns}"));
                 }
             }
+            13 => self.edge(),
             _ => self.poison(),
         }
+    }
+
+    /// Stores values at the edge of their formats, which the operator's types read: the
+    /// oldest and latest times, the largest restart count, deletion costs at both ends of
+    /// an int32 and one that is no number. The pod stays what it was (Ready, active).
+    fn edge(&mut self) {
+        let Some(pod) = self.pod(true) else { return };
+        let (ns, name) = names(&pod);
+        type Edit = Box<dyn FnOnce(&mut Value)>;
+        let (what, edit): (&str, Edit) = match self.rng.below(3) {
+            0 => {
+                let cost = *self
+                    .rng
+                    .pick(&["2147483647", "-2147483648", "not-a-number"])
+                    .unwrap_or(&"0");
+                (
+                    "a deletion cost at the edge",
+                    Box::new(move |p: &mut Value| {
+                        p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] =
+                            json!(cost)
+                    }),
+                )
+            }
+            1 => (
+                "the largest restart count, a start in year 1",
+                Box::new(|p: &mut Value| {
+                    p["status"]["containerStatuses"] = json!([{
+                        "name": "app", "ready": true, "started": true, "image": "crane",
+                        "imageID": "", "restartCount": i32::MAX,
+                        "state": {"running": {"startedAt": "0001-01-01T00:00:00Z"}},
+                        "lastState": {"terminated": {"exitCode": i32::MIN,
+                            "startedAt": "0001-01-01T00:00:00Z", "finishedAt": "9998-12-31T23:59:59Z"}}
+                    }]);
+                }),
+            ),
+            _ => (
+                "conditions at the oldest and latest times",
+                Box::new(|p: &mut Value| {
+                    if let Some(conditions) = p["status"]["conditions"].as_array_mut() {
+                        for (i, c) in conditions.iter_mut().enumerate() {
+                            c["lastTransitionTime"] = json!(if i % 2 == 0 {
+                                "0001-01-01T00:00:00Z"
+                            } else {
+                                "9998-12-31T23:59:59Z"
+                            });
+                        }
+                    }
+                }),
+            ),
+        };
+        self.trace(format!("pod {ns}/{name}: {what}"));
+        self.server.update(Kind::Pod, &ns, &name, edit);
     }
 
     /// Stores a value the operator's types refuse: in a CraneReplicaSet's status or a
